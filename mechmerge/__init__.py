@@ -1,0 +1,14 @@
+"""mechmerge: model merging guided by mechanistic (Weight Patching) scores.
+
+Pipeline, one folder a stage:
+    models/    load checkpoints, check architectures, discover units, stream tensors
+    probes/    probe sets (JSONL) tokenized with exact response positions
+    patching/  Weight Patching engine: exact, attribution, hybrid scores
+    scores/    the scores JSON format
+    recipe/    strategies that turn scores into per-module mergekit recipes
+    merge/     run mergekit, write model cards, publish
+    evaluate/  generation-based evaluation and the comparison harness
+    zoo/       the embedded tiny model zoo used by the demo and the tests
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,90 @@
+"""The `mechmerge` command line.
+
+Commands live one per module in this folder and are imported only when invoked, so
+`mechmerge --help` stays fast (no torch import). A `UserError` anywhere becomes a
+one-line message and exit status 2; `--debug` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+import click
+
+from ..errors import UserError
+
+# command name -> "module:function" (relative to mechmerge.cli)
+COMMANDS = {
+    "score": "score:score",
+    "recipe": "recipe:recipe",
+    "merge": "merge:merge",
+    "eval": "evaluate:evaluate",
+    "compare": "compare:compare",
+    "publish": "publish:publish",
+    "plot": "plot:plot",
+    "track": "track:track",
+    "zoo": "zoo:zoo",
+    "demo": "demo:demo",
+    "import-gguf": "import_gguf:import_gguf",
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx):
+        return sorted(name for name in COMMANDS if self._available(name))
+
+    @staticmethod
+    def _available(name: str) -> bool:
+        module = COMMANDS[name].split(":")[0]
+        return importlib.util.find_spec(f"mechmerge.cli.{module}") is not None
+
+    def get_command(self, ctx, name):
+        if name not in COMMANDS or not self._available(name):
+            return None
+        module, attr = COMMANDS[name].split(":")
+        return getattr(importlib.import_module(f"mechmerge.cli.{module}"), attr)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show full tracebacks for errors.")
+@click.version_option(package_name="mechmerge")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
+    """Model merging guided by mechanistic scores.
+
+    \b
+    Typical use:
+      mechmerge score --base B --expert a=A --probes a=a.jsonl --out scores.json
+      mechmerge recipe scores.json --out recipe.yaml
+      mechmerge merge recipe.yaml --out merged/
+      mechmerge eval merged/ --probes a=a_test.jsonl
+    """
+    ctx.ensure_object(dict)
+    ctx.obj["debug"] = debug
+
+
+def main(argv=None) -> None:
+    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    try:
+        cli.main(args=argv, prog_name="mechmerge", standalone_mode=False)
+    except UserError as e:
+        if debug:
+            raise
+        click.echo(f"error: {e}", err=True)
+        sys.exit(e.exit_code)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+    sys.exit(0)
+
+
+# Tests run offline; users can still override it explicitly.
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")

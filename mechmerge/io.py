@@ -1,0 +1,92 @@
+"""Output files that are either complete or absent.
+
+Every output is written under a temporary name in the destination's directory and
+renamed into place when complete (rename is atomic on one filesystem), so a killed
+run never leaves a file or directory that looks finished.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+from .errors import UserError
+
+FLOAT_DIGITS = 10  # significant digits written for every float: byte-stable output
+
+
+def round_floats(obj: Any) -> Any:
+    """Fixed float formatting: 10 significant digits; NaN/Inf become null."""
+    if isinstance(obj, float):
+        if not math.isfinite(obj):
+            return None
+        return float(f"{obj:.{FLOAT_DIGITS}g}")
+    if isinstance(obj, dict):
+        return {k: round_floats(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [round_floats(v) for v in obj]
+    return obj
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(round_floats(obj), indent=1, ensure_ascii=False) + "\n"
+
+
+def check_output(path: str | Path, force: bool, what: str = "output") -> Path:
+    """Refuse to overwrite without --force; check the parent directory is writable."""
+    p = Path(path)
+    if p.exists() and not force:
+        if not (p.is_dir() and not any(p.iterdir())):
+            raise UserError(f"{what} {str(p)!r} already exists; pass --force to overwrite")
+    parent = p.parent if str(p.parent) else Path(".")
+    if not parent.exists():
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UserError(f"cannot create directory {str(parent)!r} for {what}: {e.strerror}") from None
+    if not os.access(parent, os.W_OK):
+        raise UserError(f"cannot write {what} {str(p)!r}: directory {str(parent)!r} is not writable")
+    return p
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    p = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, p)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | Path, force: bool = False) -> Iterator[Path]:
+    """Build a directory under a temporary name; move it into place only on success."""
+    p = Path(path)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{p.name}.", suffix=".partial", dir=p.parent))
+    try:
+        yield tmp
+        if p.exists():
+            if not force and any(p.iterdir()):
+                raise UserError(f"{str(p)!r} appeared while working; pass --force to overwrite")
+            old = p.with_name(f".{p.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(p, old)
+            os.replace(tmp, p)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, p)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

@@ -1,0 +1,218 @@
+"""Checkpoints on disk: resolve a path or cached Hub id, read config and tensor headers,
+stream single tensors lazily, and check that two checkpoints share an architecture.
+
+Nothing here loads a whole model. Tensor reads go through safetensors `safe_open`
+(memory-mapped), one tensor at a time, so an expert costs no memory until a unit of
+it is patched in.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional, Tuple
+
+import torch
+
+from ..errors import UserError
+from .families import Family, family_for
+
+# Config fields that must agree between base and experts: anything that changes the
+# shape of a tensor or the computation a tensor takes part in.
+ARCH_FIELDS = (
+    "model_type", "hidden_size", "num_hidden_layers", "num_attention_heads",
+    "num_key_value_heads", "intermediate_size", "vocab_size", "head_dim",
+    "tie_word_embeddings", "n_embd", "n_layer", "n_head", "n_inner", "n_positions",
+    "max_position_embeddings", "rope_theta", "sliding_window", "layer_types",
+    "hidden_activation", "hidden_act", "final_logit_softcapping", "attn_logit_softcapping",
+    "query_pre_attn_scalar", "rms_norm_eps", "layer_norm_epsilon",
+)
+
+
+def resolve_model_path(ref: str, what: str = "model") -> Path:
+    """A local directory, or a Hub id that is already in the local cache (never downloads)."""
+    p = Path(ref).expanduser()
+    if p.exists():
+        if not p.is_dir():
+            raise UserError(f"{what} {ref!r} is a file; expected a model directory with config.json")
+        return p
+    looks_like_id = ref.count("/") == 1 and not ref.startswith((".", "/", "~"))
+    if looks_like_id:
+        try:
+            from huggingface_hub import snapshot_download
+
+            return Path(snapshot_download(ref, local_files_only=True))
+        except Exception:
+            pass
+    raise UserError(
+        f"{what} {ref!r} not found: not a directory"
+        + (" and not in the local Hugging Face cache (mechmerge never downloads)" if looks_like_id else "")
+    )
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    shape: Tuple[int, ...]
+    dtype: str
+    file: str
+
+
+@dataclass
+class Checkpoint:
+    """A model directory: its config and an index of its tensors, read lazily."""
+
+    path: Path
+    config: Dict
+    tensors: Dict[str, TensorInfo]
+    family: Family
+    label: str = "model"
+    _handles: Dict[str, object] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def open(cls, ref: str, label: str = "model", allow_pickle: bool = False) -> "Checkpoint":
+        path = resolve_model_path(ref, label)
+        cfg_file = path / "config.json"
+        if not cfg_file.is_file():
+            raise UserError(f"{label} {str(path)!r} has no config.json; is it a Hugging Face model directory?")
+        try:
+            config = json.loads(cfg_file.read_text())
+        except json.JSONDecodeError as e:
+            raise UserError(f"{cfg_file}: invalid JSON ({e.msg} at line {e.lineno})") from None
+        family = family_for(config, str(path))
+        tensors = _index_safetensors(path, label)
+        if not tensors:
+            pickles = sorted(p.name for p in path.glob("*.bin")) + sorted(p.name for p in path.glob("*.pt"))
+            if pickles and allow_pickle:
+                tensors = _index_pickle(path, pickles)
+            elif pickles:
+                raise UserError(
+                    f"{label} {str(path)!r} has only pickle weights ({pickles[0]}); convert to safetensors "
+                    "or pass --allow-pickle (loaded with weights_only=True)"
+                )
+            else:
+                raise UserError(f"{label} {str(path)!r} has no weights (*.safetensors)")
+        return cls(path=path, config=config, tensors=tensors, family=family, label=label)
+
+    # -- lazy reads ---------------------------------------------------------------------
+    def get(self, name: str) -> torch.Tensor:
+        """One tensor, read from disk now (never cached here)."""
+        info = self.tensors.get(name)
+        if info is None:
+            raise UserError(f"{self.label} {str(self.path)!r} has no tensor {name!r}")
+        if info.file.endswith(".safetensors"):
+            h = self._handles.get(info.file)
+            if h is None:
+                from safetensors import safe_open
+
+                h = self._handles[info.file] = safe_open(str(self.path / info.file), framework="pt")
+            try:
+                return h.get_tensor(name)  # type: ignore[attr-defined]
+            except Exception as e:  # truncated data past a valid header
+                raise UserError(f"{self.path / info.file}: cannot read tensor {name!r} ({e}); file corrupted?") from None
+        return _pickle_state(self.path / info.file)[name]
+
+    def has(self, name: str) -> bool:
+        return name in self.tensors
+
+    @property
+    def tied_embeddings(self) -> bool:
+        return bool(self.config.get("tie_word_embeddings", self.config.get("model_type") == "gpt2"))
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.config.get("num_hidden_layers") or self.config.get("n_layer"))
+
+    def nbytes(self) -> int:
+        sizes = {"F32": 4, "F16": 2, "BF16": 2, "F64": 8, "I64": 8, "I32": 4, "I8": 1, "U8": 1, "BOOL": 1}
+        return sum(math.prod(t.shape) * sizes.get(t.dtype, 4) for t in self.tensors.values())
+
+    def check_finite(self, names: Optional[Iterable[str]] = None) -> None:
+        """Read every tensor once: catches NaN/Inf and truncated files before any compute."""
+        for name in names if names is not None else self.tensors:
+            t = self.get(name)
+            if t.is_floating_point() and not torch.isfinite(t).all():
+                bad = "NaN" if torch.isnan(t).any() else "Inf"
+                raise UserError(f"{self.label} {str(self.path)!r}: tensor {name!r} contains {bad}")
+
+
+def _index_safetensors(path: Path, label: str) -> Dict[str, TensorInfo]:
+    files = sorted(p.name for p in path.glob("*.safetensors"))
+    index_file = path / "model.safetensors.index.json"
+    if index_file.is_file():
+        try:
+            weight_map = json.loads(index_file.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError) as e:
+            raise UserError(f"{index_file}: not a valid safetensors index ({e})") from None
+        files = sorted(set(weight_map.values()))
+    out: Dict[str, TensorInfo] = {}
+    for fname in files:
+        fpath = path / fname
+        if not fpath.is_file():
+            raise UserError(f"{label}: shard {fname} listed in the index is missing from {path}")
+        header = _read_header(fpath)
+        for name, meta in header.items():
+            if name == "__metadata__":
+                continue
+            out[name] = TensorInfo(name, tuple(meta["shape"]), meta["dtype"], fname)
+    return out
+
+
+def _read_header(fpath: Path) -> Dict:
+    """Parse a safetensors header and check the file is long enough for its data."""
+    size = fpath.stat().st_size
+    try:
+        with open(fpath, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            if n <= 0 or 8 + n > size:
+                raise ValueError("header length out of range")
+            header = json.loads(f.read(n))
+        end = max((meta["data_offsets"][1] for k, meta in header.items() if k != "__metadata__"), default=0)
+        if 8 + n + end > size:
+            raise ValueError(f"file is {size} bytes, header promises {8 + n + end}: truncated")
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
+        raise UserError(f"{fpath}: not a valid safetensors file ({e})") from None
+    return header
+
+
+def _pickle_state(fpath: Path) -> Dict[str, torch.Tensor]:
+    # weights_only=True refuses arbitrary objects: loading a checkpoint never runs code.
+    return torch.load(fpath, map_location="cpu", weights_only=True)
+
+
+def _index_pickle(path: Path, files: List[str]) -> Dict[str, TensorInfo]:
+    out = {}
+    for fname in files:
+        for name, t in _pickle_state(path / fname).items():
+            out[name] = TensorInfo(name, tuple(t.shape), str(t.dtype), fname)
+    return out
+
+
+def check_compatible(base: Checkpoint, other: Checkpoint) -> None:
+    """Raise a one-line UserError at the first architectural difference."""
+    for key in ARCH_FIELDS:
+        a, b = base.config.get(key), other.config.get(key)
+        if a != b:
+            raise UserError(
+                f"{other.label} {str(other.path)!r} does not match the base: config {key} is {b!r}, base has {a!r}"
+            )
+    for name, info in base.tensors.items():
+        o = other.tensors.get(name)
+        if o is None:
+            raise UserError(f"{other.label} {str(other.path)!r} is missing tensor {name!r} that the base has")
+        if o.shape != info.shape:
+            raise UserError(
+                f"{other.label} {str(other.path)!r}: tensor {name!r} has shape {list(o.shape)}, base has {list(info.shape)}"
+            )
+    extra = sorted(set(other.tensors) - set(base.tensors))
+    if extra:
+        raise UserError(f"{other.label} {str(other.path)!r} has tensor {extra[0]!r} that the base lacks")
+
+
+def env_offline() -> None:
+    """mechmerge never reaches the network for models; make transformers agree."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

@@ -1,0 +1,119 @@
+"""Load models and tokenizers for measurement, and map checkpoint tensors to parameters."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+from typing import Dict, List, Optional, Sequence
+
+import torch
+
+from ..errors import UserError
+from .checkpoint import Checkpoint, env_offline
+
+
+def quiet_transformers() -> None:
+    """Progress bars and advice from transformers would drown ours."""
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {device} was asked for but no CUDA GPU is available; use --device cpu")
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise UserError(f"invalid --device {device!r}; use auto, cpu or cuda[:N]") from None
+
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        # Scores are differences of small log-probabilities: fp32 on CPU costs little and
+        # removes rounding noise; on GPU bf16 halves memory at a documented precision cost.
+        return torch.float32
+    if dtype not in DTYPES:
+        raise UserError(f"unknown --dtype {dtype!r}; valid: auto, {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def param_order(ckpt: Checkpoint, trust_remote_code: bool = False) -> List[str]:
+    """Parameter names in model order, as the checkpoint names them (tied copies dropped).
+
+    The model is built on the meta device, which costs no memory.
+    """
+    env_offline()
+    quiet_transformers()
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    cfg = AutoConfig.from_pretrained(ckpt.path, local_files_only=True, trust_remote_code=trust_remote_code)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(cfg, trust_remote_code=trust_remote_code)
+    names = [n for n, _ in model.named_parameters()]
+    missing = [n for n in names if not ckpt.has(n)]
+    if missing:
+        raise UserError(
+            f"{ckpt.label} {str(ckpt.path)!r}: parameter {missing[0]!r} of the model is not in its checkpoint files"
+        )
+    return names
+
+
+def load_model(ckpt: Checkpoint, device: torch.device, dtype: torch.dtype, trust_remote_code: bool = False):
+    """The full model, in eval mode with gradients off, on `device`."""
+    env_offline()
+    quiet_transformers()
+    from transformers import AutoModelForCausalLM
+
+    with contextlib.redirect_stderr(io.StringIO()):
+        model = AutoModelForCausalLM.from_pretrained(
+            ckpt.path,
+            dtype=dtype,
+            attn_implementation=ckpt.family.attn_implementation,
+            local_files_only=True,
+            trust_remote_code=trust_remote_code,
+            use_safetensors=None if any(t.file.endswith(".safetensors") for t in ckpt.tensors.values()) else False,
+        )
+    model.to(device)
+    model.eval()
+    model.requires_grad_(False)
+    return model
+
+
+def load_tokenizer(ckpts: Sequence[Checkpoint], trust_remote_code: bool = False):
+    """The first tokenizer found among the checkpoints (base first)."""
+    env_offline()
+    quiet_transformers()
+    from transformers import AutoTokenizer
+
+    for ckpt in ckpts:
+        has_tok = any((ckpt.path / f).is_file() for f in ("tokenizer.json", "tokenizer.model", "vocab.json"))
+        if has_tok:
+            return AutoTokenizer.from_pretrained(ckpt.path, local_files_only=True, trust_remote_code=trust_remote_code)
+    raise UserError(f"no tokenizer found in {str(ckpts[0].path)!r} (or the experts); save one with the model")
+
+
+def params_by_name(model: torch.nn.Module) -> Dict[str, torch.nn.Parameter]:
+    """name -> parameter, with tied parameters listed under every name they have."""
+    return dict(model.named_parameters(remove_duplicate=False))
+
+
+def model_nbytes(model: torch.nn.Module) -> int:
+    seen, total = set(), 0
+    for p in model.parameters():
+        if id(p) not in seen:
+            seen.add(id(p))
+            total += p.numel() * p.element_size()
+    return total
+
+
+def first_param(model: torch.nn.Module) -> Optional[torch.Tensor]:
+    return next(model.parameters(), None)

@@ -1,0 +1,144 @@
+"""Run a causal LM from any decoder block onward, reusing what happened below it.
+
+A unit in block l cannot change anything below l, so after one full forward pass of
+the unpatched model we keep the input of every block and re-run only blocks l..L-1
+plus the tail (final norm, lm_head) when a unit of block l is patched.
+
+The runner is architecture-agnostic because it does not rebuild HF's forward: it
+records, with forward pre-hooks, the exact positional and keyword arguments that the
+model's own forward passed to each block (attention masks, rotary or sliding-window
+position embeddings, Gemma's scaled embeddings are all already applied) and replays
+them with a different hidden state. The only per-family facts it needs are where the
+blocks, the final norm and the lm_head live (`families.json`), and the config's final
+logit softcapping.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch
+
+from ..models.families import Family
+from ..probes import ProbeBatch
+
+# Rows of logits computed at once: bounds the [rows, vocab] buffer (Gemma's 262k vocab).
+LOGIT_CHUNK_ELEMENTS = 32 * 1024 * 1024
+
+
+def _get(model: torch.nn.Module, path: str) -> Any:
+    obj: Any = model
+    for part in path.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+@dataclass
+class Trace:
+    """What one unpatched forward pass leaves behind.
+
+    inputs[l]: [B, T, H] hidden state entering block l; inputs[L] enters the final norm.
+    kwargs[l]: the other arguments HF passed to block l (masks, position embeddings...).
+    """
+
+    batch: ProbeBatch
+    inputs: List[torch.Tensor]
+    args: List[Tuple[Any, ...]]
+    kwargs: List[Dict[str, Any]]
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.inputs)
+
+
+class LayerRunner:
+    def __init__(self, model: torch.nn.Module, family: Family):
+        self.model = model
+        self.family = family
+        self.blocks = _get(model, family.layers)
+        self.final_norm = _get(model, family.final_norm)
+        self.lm_head = _get(model, family.lm_head)
+        self.softcap = getattr(model.config, "final_logit_softcapping", None)
+        self.num_layers = len(self.blocks)
+
+    # -- full pass --------------------------------------------------------------------
+    def trace(self, batch: ProbeBatch, keep_inputs: bool = True) -> Trace:
+        """Run the unpatched backbone once, recording every block's inputs."""
+        L = self.num_layers
+        inputs: List[Optional[torch.Tensor]] = [None] * (L + 1)
+        args: List[Tuple] = [()] * L
+        kwargs: List[Dict] = [{}] * L
+
+        def block_hook(i):
+            def hook(module, a, kw):
+                hidden = a[0] if a else kw["hidden_states"]
+                if keep_inputs or i == 0:
+                    inputs[i] = hidden
+                args[i] = a[1:] if a else ()
+                kwargs[i] = {k: v for k, v in kw.items() if k != "hidden_states"}
+            return hook
+
+        def norm_hook(module, a):
+            inputs[L] = a[0]
+
+        handles = [b.register_forward_pre_hook(block_hook(i), with_kwargs=True) for i, b in enumerate(self.blocks)]
+        handles.append(self.final_norm.register_forward_pre_hook(norm_hook))
+        try:
+            self.model.base_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
+        finally:
+            for h in handles:
+                h.remove()
+        return Trace(batch, inputs, args, kwargs)  # type: ignore[arg-type]
+
+    # -- partial pass -----------------------------------------------------------------
+    def run_from(self, trace: Trace, start: int, capture: Optional[int] = None
+                 ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Blocks start..L-1 from the recorded input of block `start`.
+
+        Returns (final-norm input [B,T,H], output of block `capture` or None when
+        `capture` < start: that block is unaffected and its recorded output stands).
+        start = -1 reruns everything including the embeddings.
+        """
+        if start < 0:
+            return self._full(trace, capture)
+        hidden = trace.inputs[start]
+        captured = None
+        for i in range(start, self.num_layers):
+            out = self.blocks[i](hidden, *trace.args[i], **trace.kwargs[i])
+            hidden = out[0] if isinstance(out, tuple) else out
+            if capture == i:
+                captured = hidden
+        return hidden, captured
+
+    def _full(self, trace: Trace, capture: Optional[int]) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        fresh = self.trace(trace.batch, keep_inputs=True)
+        out = fresh.inputs[capture + 1] if capture is not None else None
+        return fresh.inputs[self.num_layers], out
+
+    def block_output(self, trace: Trace, layer: int) -> torch.Tensor:
+        """Recorded output of block `layer` (= input of the next block or of the final norm)."""
+        return trace.inputs[layer + 1]
+
+    # -- tail -------------------------------------------------------------------------
+    def response_logprobs(self, final_input: torch.Tensor, batch: ProbeBatch) -> torch.Tensor:
+        """Log-probability of each response token, [N], from the final-norm input [B,T,H].
+
+        Only the positions that predict response tokens go through the norm and lm_head,
+        in chunks, so the cost does not scale with the prompt and memory stays bounded
+        for large vocabularies.
+        """
+        h = final_input[batch.rows, batch.positions]
+        vocab = self.lm_head.weight.shape[0]
+        chunk = max(1, LOGIT_CHUNK_ELEMENTS // vocab)
+        out = []
+        for s in range(0, h.shape[0], chunk):
+            logits = self.lm_head(self.final_norm(h[s: s + chunk])).float()
+            if self.softcap:
+                logits = torch.tanh(logits / self.softcap) * self.softcap
+            lp = torch.log_softmax(logits, dim=-1)
+            out.append(lp.gather(1, batch.targets[s: s + chunk, None]).squeeze(1))
+        return torch.cat(out) if out else h.new_zeros(0)
+
+    def response_states(self, hidden: torch.Tensor, batch: ProbeBatch) -> torch.Tensor:
+        """Hidden states at the positions that predict response tokens, [N, H]."""
+        return hidden[batch.rows, batch.positions]

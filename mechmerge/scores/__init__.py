@@ -1,0 +1,88 @@
+"""The scores file: format "mechmerge.scores", version 1.
+
+    {
+      "format": "mechmerge.scores", "version": 1, "mechmerge_version": "...",
+      "base": PATH, "granularity": "module", "method": "exact",
+      "options": {...the ScoreOptions used...},
+      "units": {UNIT: {"layer": int, "kind": str, "category": str, "params": int}},   # model order
+      "experts": {
+        NAME: {
+          "model": PATH, "probes": PATH, "probes_sha256": HEX, "n_probes": int, "n_tokens": int,
+          "baseline": {"base": m(B), "expert": m(E), "gap": m(E)-m(B),
+                       "anchor_layer": int, "anchor_base": a(B), "anchor_expert": a(E)},
+          "reliable": bool, "warnings": [str],
+          "modules": {UNIT: {"patch_in": float|null, "knockout": float|null, "anchor": float|null,
+                             "identical": bool, "method": "exact"|"attribution"}}
+        }
+      }
+    }
+
+Floats carry 10 significant digits, units are in model order, no timestamps: the same
+inputs give a byte-identical file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Dict, List
+
+from ..errors import UserError
+
+FORMAT = "mechmerge.scores"
+VERSION = 1
+SCORE_KEYS = ("patch_in", "knockout", "anchor")
+
+
+def read_scores(path: str | Path) -> Dict[str, Any]:
+    """Load and validate a scores file; errors say what is wrong and where."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"scores file {str(p)!r} not found")
+    try:
+        data = json.loads(p.read_text())
+    except json.JSONDecodeError as e:
+        raise UserError(f"{p}: not JSON ({e.msg} at line {e.lineno})") from None
+    validate_scores(data, str(p))
+    return data
+
+
+def validate_scores(data: Any, where: str = "scores") -> None:
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        got = data.get("format") if isinstance(data, dict) else type(data).__name__
+        raise UserError(f"{where}: not a mechmerge scores file (format {got!r}, expected {FORMAT!r})")
+    if data.get("version") != VERSION:
+        raise UserError(
+            f"{where}: scores format version {data.get('version')!r}; this mechmerge reads version {VERSION}"
+        )
+    experts = data.get("experts")
+    if not isinstance(experts, dict) or not experts:
+        raise UserError(f"{where}: no experts")
+    units = data.get("units")
+    if not isinstance(units, dict) or not units:
+        raise UserError(f"{where}: no units")
+    for name, e in experts.items():
+        mods = e.get("modules") if isinstance(e, dict) else None
+        if not isinstance(mods, dict):
+            raise UserError(f"{where}: expert {name!r} has no 'modules'")
+        missing = [u for u in units if u not in mods]
+        if missing:
+            raise UserError(f"{where}: expert {name!r} lacks unit {missing[0]!r}")
+        for u, s in mods.items():
+            for k in SCORE_KEYS:
+                v = s.get(k)
+                if v is not None and not isinstance(v, (int, float)):
+                    raise UserError(f"{where}: experts.{name}.modules.{u}.{k} is {v!r}, expected a number or null")
+
+
+def scores_sha256(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def expert_names(data: Dict[str, Any]) -> List[str]:
+    return list(data["experts"])
+
+
+def unit_names(data: Dict[str, Any]) -> List[str]:
+    return list(data["units"])

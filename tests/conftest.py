@@ -1,0 +1,57 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+sys.path.insert(0, str(Path(__file__).parent))
+
+import torch  # noqa: E402
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+from helpers import FAMILIES, default_pairs, make_model, plant_expert, write_probes  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="session")
+def probes_file(models_dir) -> Path:
+    return write_probes(models_dir / "probes.jsonl", default_pairs(6))
+
+
+@pytest.fixture(scope="session", params=FAMILIES)
+def family_base(request, models_dir) -> tuple:
+    fam = request.param
+    path = models_dir / f"base-{fam}"
+    if not path.exists():
+        make_model(fam, path, seed=1)
+    return fam, path
+
+
+PLANTED = {
+    "llama": ["model.layers.0.self_attn.v_proj", "model.layers.2.mlp.down_proj"],
+    "mistral": ["model.layers.1.self_attn.o_proj", "model.layers.2.mlp.up_proj"],
+    "qwen2": ["model.layers.0.self_attn.q_proj", "model.layers.1.mlp.gate_proj"],
+    "qwen3": ["model.layers.0.self_attn.k_norm", "model.layers.2.mlp.down_proj"],
+    "gemma2": ["model.layers.1.self_attn.v_proj", "model.layers.2.post_feedforward_layernorm"],
+    "gemma3_text": ["model.layers.0.mlp.down_proj", "model.layers.2.self_attn.o_proj"],
+    "phi3": ["model.layers.0.self_attn.qkv_proj", "model.layers.2.mlp.gate_up_proj"],
+    "gpt2": ["transformer.h.0.attn.c_attn", "transformer.h.2.mlp.c_fc"],
+}
+
+
+@pytest.fixture(scope="session")
+def planted(family_base, probes_file, models_dir) -> tuple:
+    """(family, base dir, expert dir, planted unit names)."""
+    fam, base = family_base
+    path = models_dir / f"expert-{fam}"
+    if not path.exists():
+        plant_expert(base, path, PLANTED[fam], probes_file)
+    return fam, base, path, PLANTED[fam]

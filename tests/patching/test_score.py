@@ -1,0 +1,100 @@
+"""Properties of Weight Patching scores on planted experts of every family."""
+
+import json
+
+import pytest
+import torch
+from mechmerge.models.checkpoint import Checkpoint
+from mechmerge.patching import engine
+from mechmerge.patching.score import ScoreOptions, prepare, score
+
+
+def _opts(base, expert, probes, out, **kw):
+    return ScoreOptions(base=str(base), experts={"x": str(expert)}, probes={"x": str(probes)}, out=str(out),
+                        progress=False, **kw)
+
+
+def test_planted_units_are_the_only_nonzero_scores(planted, probes_file, tmp_path):
+    fam, base, expert, units = planted
+    data = score(_opts(base, expert, probes_file, tmp_path / "s.json"))
+    e = data["experts"]["x"]
+    assert e["baseline"]["gap"] > 0.01 and e["reliable"]
+    mods = e["modules"]
+    assert list(mods) == list(data["units"])
+    nonzero = {u for u, s in mods.items() if s["patch_in"] != 0.0 or s["knockout"] != 0.0}
+    assert nonzero == set(units)
+    for u, s in mods.items():
+        if u not in units:
+            # exactly zero, not merely small
+            assert s["patch_in"] == 0.0 and s["knockout"] == 0.0 and s["identical"]
+            assert s["anchor"] in (0.0, None)
+    # the file on disk is what was returned
+    assert json.loads((tmp_path / "s.json").read_text())["experts"]["x"]["modules"].keys() == mods.keys()
+
+
+def test_patching_every_unit_recovers_the_expert(planted, probes_file, tmp_path):
+    fam, base, expert, units = planted
+    setup = prepare(_opts(base, expert, probes_file, tmp_path / "s.json"))
+    ck = setup.experts["x"]
+    batches = setup.batches["x"]
+    b = engine.measure_baseline(setup.runner, batches)
+    with setup.swapper.swapped_to(ck, setup.base, setup.param_names):
+        e = engine.measure_baseline(setup.runner, batches)
+    with setup.swapper.patched(setup.units, ck):
+        all_in = engine.measure_baseline(setup.runner, batches)
+    recovery = (all_in.m - b.m) / (e.m - b.m)
+    assert recovery == pytest.approx(1.0, abs=1e-9)
+
+
+def _assert_model_is_checkpoint(setup):
+    for name in setup.param_names:
+        assert torch.equal(setup.swapper.params[name].data, setup.base.get(name).to(torch.float32)), name
+
+
+def test_base_is_bit_identical_after_scoring_and_after_a_failure(planted, probes_file, tmp_path):
+    fam, base, expert, units = planted
+    setup = prepare(_opts(base, expert, probes_file, tmp_path / "s.json"))
+    ck = setup.experts["x"]
+    with setup.swapper.swapped_to(ck, setup.base, setup.param_names):
+        pass
+    _assert_model_is_checkpoint(setup)
+    with pytest.raises(KeyboardInterrupt):
+        with setup.swapper.patched(setup.units, ck):
+            raise KeyboardInterrupt
+    _assert_model_is_checkpoint(setup)
+    with pytest.raises(RuntimeError):
+        with setup.swapper.swapped_to(ck, setup.base, setup.param_names):
+            with setup.swapper.patched(setup.units[:3], setup.base):
+                raise RuntimeError("boom")
+    _assert_model_is_checkpoint(setup)
+    from mechmerge.patching.journal import Journal
+    from mechmerge.patching.progress import Progress
+    from mechmerge.patching.score import _score_expert
+
+    j = Journal(tmp_path / "j", "fp", resume=False)
+    with Progress(enabled=False) as bar:
+        _score_expert(setup, "x", j, bar)
+    _assert_model_is_checkpoint(setup)
+
+
+def test_anchor_is_null_above_the_anchor_layer(planted, probes_file, tmp_path):
+    fam, base, expert, units = planted
+    data = score(_opts(base, expert, probes_file, tmp_path / "s.json", anchor_layer=0))
+    e = data["experts"]["x"]
+    assert e["baseline"]["anchor_layer"] == 0
+    for u, s in e["modules"].items():
+        layer = data["units"][u]["layer"]
+        if layer > 0:
+            assert s["anchor"] is None
+        else:
+            assert s["anchor"] is not None
+
+
+def test_unreliable_expert_is_flagged(family_base, probes_file, tmp_path):
+    fam, base = family_base
+    if fam != "llama":
+        pytest.skip("one family is enough")
+    data = score(_opts(base, base, probes_file, tmp_path / "s.json"))
+    e = data["experts"]["x"]
+    assert not e["reliable"] and "unreliable" in e["warnings"][0]
+    assert all(s["patch_in"] == 0.0 for s in e["modules"].values())
