@@ -107,8 +107,10 @@ def click_options(cls) -> Callable[[Callable], Callable]:
             kw.update(multiple=True, metavar=md.get("metavar"), required=not has_default)
             kw["show_default"] = False
         elif tp is bool:
-            decl = f"{decl}/--no-{_flag_name(f)}" if default else decl
-            kw.update(is_flag=True, default=bool(default))
+            if "/" not in decl and (default or optional):
+                decl = f"{decl}/--no-{_flag_name(f)}"
+            # Optional[bool] stays None when neither flag is given ("decide for me").
+            kw.update(is_flag=True, default=None if optional else bool(default))
         elif get_origin(tp) is Literal:
             kw.update(type=click.Choice([str(a) for a in get_args(tp)]), default=default,
                       required=not has_default)

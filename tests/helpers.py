@@ -108,3 +108,19 @@ def plant_expert(base: Path, out: Path, units: Sequence[str], probes: Path, step
     model.save_pretrained(out)
     tok.save_pretrained(out)
     return Path(out)
+
+
+def noisy_expert(base: Path, out: Path, seed: int, scale: float = 0.02, only: Sequence[str] = ()) -> Path:
+    """base + Gaussian noise on every parameter (or only those under `only`)."""
+    from safetensors.torch import load_file, save_file
+    import shutil
+
+    out = Path(out)
+    shutil.copytree(base, out)
+    sd = load_file(str(Path(base) / "model.safetensors"))
+    g = torch.Generator().manual_seed(seed)
+    for k, v in sd.items():
+        if not only or k.startswith(tuple(only)):
+            sd[k] = v + scale * torch.randn(v.shape, generator=g)
+    save_file(sd, str(out / "model.safetensors"), metadata={"format": "pt"})
+    return out

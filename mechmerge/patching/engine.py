@@ -64,6 +64,17 @@ def measure_baseline(runner: LayerRunner, batches: Sequence[ProbeBatch]) -> Base
     return b
 
 
+def measure_m(runner: LayerRunner, batches: Sequence[ProbeBatch]) -> Tuple[float, int]:
+    """(Σ log p, n) over the response tokens: m(θ) without the anchor statistics."""
+    lp, n = 0.0, 0
+    with torch.no_grad():
+        for batch in batches:
+            tr = runner.trace(batch, keep_inputs=False)
+            lp += float(runner.response_logprobs(tr.inputs[-1], batch).double().sum())
+            n += batch.n_tokens
+    return lp, n
+
+
 def choose_anchor_layer(base: Baseline, expert: Baseline, num_layers: int) -> int:
     """The documented default: the block whose output moves most between B and E
     relative to the base's spread, r(l) = ‖μ_E − μ_B‖ / sqrt(E‖h_B − μ_B‖²), over

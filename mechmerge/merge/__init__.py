@@ -1,0 +1,1 @@
+"""Merging through mergekit's engine, model cards and Hub publishing."""

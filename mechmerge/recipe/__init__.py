@@ -1,0 +1,1 @@
+"""Recipes: strategies turn scores into per-unit weights written as mergekit YAML."""

@@ -1,0 +1,162 @@
+"""`mechmerge recipe`: scores file -> strategy -> (calibration) -> validated mergekit YAML."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+
+from .. import __version__
+from ..errors import UserError
+from ..io import atomic_write_text, check_output
+from ..merge import engine
+from ..models.checkpoint import Checkpoint
+from ..models.load import param_order
+from ..models.units import discover_units
+from ..options import Options, opt
+from ..scores import read_scores, scores_sha256
+from . import strategies
+from .defaults import DEFAULT
+from .view import SCORE_KEYS, ScoreView
+from .writer import build_config, check_resolution, to_yaml
+
+
+@dataclass
+class RecipeOptions(Options):
+    scores: str = field(metadata=opt("Scores JSON written by `mechmerge score`.", argument=True, metavar="SCORES"))
+    out: str = field(metadata=opt("Where to write the mergekit YAML."))
+    strategy: Optional[str] = field(default=None, metadata=opt(
+        f"Strategy (default: {DEFAULT.strategy}); see the list below."))
+    score: Optional[str] = field(default=None, metadata=opt(
+        f"Score that drives the weights: {', '.join(SCORE_KEYS)} (default: {DEFAULT.score})."))
+    method: str = field(default="task_arithmetic", metadata=opt(
+        f"mergekit method: {', '.join(engine.SUPPORTED_METHODS)}."))
+    param: Dict[str, str] = field(default_factory=dict, metadata=opt(
+        "Strategy parameter NAME=VALUE; repeatable.", metavar="NAME=VALUE"))
+    method_param: Dict[str, str] = field(default_factory=dict, metadata=opt(
+        "mergekit method parameter NAME=VALUE (density, lambda, epsilon, gamma, normalize...); repeatable.",
+        metavar="NAME=VALUE"))
+    experts: Tuple[str, ...] = field(default=(), metadata=opt(
+        "Merge only these experts (repeatable; default: all in the scores file).", flag="expert", metavar="NAME"))
+    calibrate: Optional[bool] = field(default=None, metadata=opt(
+        "Choose the strategy's scale and parameters on the scoring probes (in-memory merges). "
+        "Default: on for the default strategy, off otherwise.", flag="calibrate/--no-calibrate"))
+    device: str = field(default="auto", metadata=opt("Device for calibration merges and forwards."))
+    seed: int = field(default=0, metadata=opt("Seed for random methods (dare_*, della*)."))
+    force: bool = field(default=False, metadata=opt("Overwrite an existing recipe."))
+    progress: bool = field(default=True, metadata=opt("Progress bar during calibration."))
+
+
+@dataclass
+class Recipe:
+    config: Dict[str, Any]
+    text: str
+    strategy: str
+    params: Dict[str, Any]
+    score: str
+    weights: np.ndarray  # [experts, units]
+    experts: List[str]
+    units: List[str]
+    calibration: Optional[List[Dict[str, Any]]] = None
+
+
+def unit_tensor_map(data: Dict[str, Any]) -> Tuple[List[str], Dict[str, List[str]], List[str]]:
+    """(unit names, unit -> full tensor names, all tensor names) for the scores' base."""
+    base = Checkpoint.open(data["base"], "base")
+    units = discover_units(param_order(base), base.family, base.num_layers, data["granularity"], base.config)
+    if data["granularity"] == "head":
+        raise UserError("head-granularity scores cannot be written as per-tensor weights; "
+                        "use `mechmerge recipe --derive-heads` (see README)")
+    by_name = {u.name: list(u.tensors) for u in units}
+    names = list(data["units"])
+    missing = [u for u in names if u not in by_name]
+    if missing:
+        raise UserError(f"unit {missing[0]!r} of the scores file is not a unit of the base {data['base']!r}; "
+                        "was the base changed since scoring?")
+    return names, by_name, list(base.tensors)
+
+
+def parse_method_params(method: str, raw: Dict[str, str]) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    """Split --method-param into (per-model, shared), typed per mergekit's spec."""
+    known = engine.parameter_names(method)
+    spec = {p.name: p for p in engine.method_spec(method).parameters}
+    per_model, shared = {}, {}
+    for name, value in raw.items():
+        if name == "weight":
+            raise UserError("weights come from the strategy; use --param scale=... instead of --method-param weight")
+        if name not in known:
+            from ..errors import did_you_mean
+
+            raise UserError(f"merge method {method!r} has no parameter {name!r}{did_you_mean(name, known)}; "
+                            f"valid: {', '.join(k for k in known if k != 'weight')}")
+        try:
+            typed = spec[name].validate(value)
+        except Exception:
+            raise UserError(f"--method-param {name}={value!r}: not a valid {spec[name].value_type.__name__}") from None
+        (shared if known[name] == "shared" else per_model)[name] = typed
+    return per_model, shared
+
+
+def make_recipe(opts: RecipeOptions, data: Optional[Dict[str, Any]] = None, write: bool = True) -> Recipe:
+    if write:
+        check_output(opts.out, opts.force, "recipe")
+    data = data if data is not None else read_scores(opts.scores)
+    strat = strategies.get(opts.strategy or DEFAULT.strategy)
+    key = opts.score or (DEFAULT.score if opts.strategy in (None, DEFAULT.strategy) else "patch_in")
+    view = ScoreView.from_scores(data, key)
+    if opts.experts:
+        view = view.subset(list(opts.experts))
+    user_params = strat.coerce(dict(opts.param))
+    if opts.strategy is None:
+        user_params = {**DEFAULT.params, **user_params}
+    if opts.method not in engine.SUPPORTED_METHODS:
+        from ..errors import unknown
+
+        raise unknown("merge method", opts.method, engine.SUPPORTED_METHODS)
+    per_model, shared = parse_method_params(opts.method, dict(opts.method_param))
+    units, unit_tensors, tensors = unit_tensor_map(data)
+    experts = {e: data["experts"][e]["model"] for e in view.experts}
+
+    def config_for(params: Dict[str, Any]) -> Tuple[Dict[str, Any], np.ndarray]:
+        w = strat(view, **params)
+        cfg = build_config(method=opts.method, base=data["base"], experts=experts, units=units,
+                           unit_tensors=unit_tensors, weights=w, per_model_params=per_model, shared_params=shared)
+        return cfg, w
+
+    calibrate = opts.calibrate if opts.calibrate is not None else (opts.strategy is None and DEFAULT.calibrate)
+    table = None
+    params = dict(user_params)
+    if calibrate:
+        from .calibrate import calibrate as run_calibration
+
+        params, table = run_calibration(strat, user_params, config_for, data, view.experts, opts)
+    cfg, w = config_for(params)
+    check_resolution(cfg, tensors, units, unit_tensors, w, view.experts)
+    engine.validate(cfg)
+    header = _header(opts, data, strat.name, params, key, table)
+    recipe = Recipe(cfg, to_yaml(cfg, header), strat.name, params, key, w, view.experts, units, table)
+    if write:
+        atomic_write_text(opts.out, recipe.text)
+    return recipe
+
+
+def _header(opts: RecipeOptions, data: Dict[str, Any], strategy: str, params: Dict[str, Any], key: str,
+            table: Optional[List[Dict[str, Any]]]) -> List[str]:
+    sha = scores_sha256(opts.scores) if Path(opts.scores).is_file() else "(in memory)"
+    lines = [
+        f"Written by mechmerge {__version__}: `mechmerge recipe`. Runs as is with `mergekit-yaml THIS_FILE OUT_DIR`.",
+        f"scores: {opts.scores} (sha256 {sha})",
+        f"strategy: {strategy} {_fmt(params)}; driven by score: {key}",
+        f"method: {opts.method} {_fmt(dict(opts.method_param))}",
+    ]
+    if table:
+        best = max(table, key=lambda r: r["objective"])
+        lines.append(f"calibrated on the scoring probes over {len(table)} candidates: "
+                     f"mean recovery {best['objective']:.4f} (per expert: {_fmt(best['recovery'])})")
+    return lines
+
+
+def _fmt(d: Dict[str, Any]) -> str:
+    return "(" + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in d.items()) + ")"

@@ -1,0 +1,75 @@
+"""A read-only view of a scores file shaped for strategies: one score vector per expert."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, List
+
+import numpy as np
+
+from ..errors import unknown
+
+SCORE_KEYS = ("patch_in", "knockout", "anchor", "mean")
+
+
+@dataclass(frozen=True)
+class UnitInfo:
+    name: str
+    layer: int
+    kind: str
+    category: str
+    params: int
+
+
+@dataclass
+class ScoreView:
+    """scores[e] is a float array over `units` (model order) for expert `e`.
+
+    `key` says which score drove it: patch_in, knockout, anchor (units above the
+    anchor layer fall back to patch_in) or mean (of patch_in and knockout, whichever
+    were measured). Missing numbers are 0.
+    """
+
+    units: List[UnitInfo]
+    experts: List[str]
+    scores: Dict[str, np.ndarray]
+    key: str
+    reliable: Dict[str, bool]
+
+    @classmethod
+    def from_scores(cls, data: dict, key: str = "patch_in") -> "ScoreView":
+        if key not in SCORE_KEYS:
+            raise unknown("score", key, SCORE_KEYS)
+        units = [UnitInfo(n, u["layer"], u["kind"], u["category"], u.get("params", 0)) for n, u in data["units"].items()]
+        scores = {}
+        for name, e in data["experts"].items():
+            scores[name] = np.array([_pick(e["modules"][u.name], key) for u in units], dtype=np.float64)
+        return cls(units, list(data["experts"]), scores, key, {n: bool(e.get("reliable", True)) for n, e in data["experts"].items()})
+
+    def matrix(self) -> np.ndarray:
+        """[experts, units]"""
+        return np.stack([self.scores[e] for e in self.experts])
+
+    def subset(self, experts: List[str]) -> "ScoreView":
+        for e in experts:
+            if e not in self.scores:
+                raise unknown("expert", e, self.experts)
+        return ScoreView(self.units, list(experts), {e: self.scores[e] for e in experts}, self.key,
+                         {e: self.reliable[e] for e in experts})
+
+
+def _pick(s: dict, key: str) -> float:
+    def val(k):
+        v = s.get(k)
+        return None if v is None else float(v)
+
+    if key == "mean":
+        vals = [v for v in (val("patch_in"), val("knockout")) if v is not None]
+        return float(np.mean(vals)) if vals else 0.0
+    if key == "anchor":
+        v = val("anchor")
+        if v is None:
+            v = val("patch_in")
+        return 0.0 if v is None else v
+    v = val(key)
+    return 0.0 if v is None else v

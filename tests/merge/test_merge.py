@@ -1,0 +1,113 @@
+"""Scores -> recipe -> merged, carded, loadable model; identical to stock mergekit-yaml."""
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from safetensors.torch import load_file
+
+from mechmerge.cli import main
+
+
+def run_cli(*args):
+    with pytest.raises(SystemExit) as e:
+        main(list(args))
+    return e.value.code
+
+
+def _tensors(d):
+    out = {}
+    for f in sorted(Path(d).glob("*.safetensors")):
+        out.update(load_file(str(f)))
+    return out
+
+
+def test_two_commands_to_a_carded_model_identical_to_mergekit(scored_pair, tmp_path, capsys):
+    d, scores = scored_pair
+    recipe = tmp_path / "r.yaml"
+    assert run_cli("recipe", str(scores), "--out", str(recipe), "--no-progress") == 0
+    text = recipe.read_text()
+    assert "sha256" in text.splitlines()[1] and "strategy: mix" in text
+    cfg = yaml.safe_load(text)
+    entries = cfg["models"][0]["parameters"]["weight"]
+    assert entries[-1].keys() == {"value"}
+    assert all(e["filter"].endswith((".weight", ".bias")) for e in entries[:-1])
+    assert {"model.embed_tokens.weight", "lm_head.weight"} <= {e["filter"] for e in entries[:-1]}
+
+    out = tmp_path / "merged"
+    assert run_cli("merge", str(recipe), "--out", str(out)) == 0
+    stock = tmp_path / "stock"
+    exe = Path(sys.executable).with_name("mergekit-yaml")
+    subprocess.run([str(exe), str(recipe), str(stock)], check=True, capture_output=True)
+    ours, theirs = _tensors(out), _tensors(stock)
+    assert ours.keys() == theirs.keys()
+    for k in ours:
+        assert ours[k].dtype == theirs[k].dtype and (ours[k] == theirs[k]).all(), k
+
+    card = (out / "README.md").read_text()
+    front = yaml.safe_load(card.split("---")[1])
+    assert set(front["tags"]) >= {"merge", "mergekit", "mechmerge"} and front["library_name"] == "transformers"
+    assert "### a" in card and "### b" in card and "model.layers.1.mlp.down_proj" in card
+    assert (out / "mechmerge_scores.json").read_bytes() == scores.read_bytes()
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    AutoModelForCausalLM.from_pretrained(out)
+    tok = AutoTokenizer.from_pretrained(out)
+    assert tok.chat_template
+
+    # refuses to overwrite; nothing changes
+    before = (out / "model.safetensors").stat().st_mtime_ns
+    assert run_cli("merge", str(recipe), "--out", str(out)) == 2
+    assert "--force" in capsys.readouterr().err
+    assert (out / "model.safetensors").stat().st_mtime_ns == before
+    assert run_cli("merge", str(recipe), "--out", str(out), "--force") == 0
+
+
+def test_failed_merge_leaves_nothing(scored_pair, tmp_path, monkeypatch):
+    d, scores = scored_pair
+    recipe = tmp_path / "r.yaml"
+    assert run_cli("recipe", str(scores), "--out", str(recipe), "--strategy", "share") == 0
+    from mechmerge.merge import engine
+
+    real = engine.run_to_dir
+
+    def half(text, out_dir, **kw):
+        real(text, out_dir, **kw)
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(engine, "run_to_dir", half)
+    out = tmp_path / "merged"
+    with pytest.raises(RuntimeError):
+        main(["merge", str(recipe), "--out", str(out)])
+    assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".merged")]
+
+
+@pytest.mark.parametrize("method,extra", [("ties", ["--method-param", "density=0.5"]),
+                                          ("dare_ties", ["--method-param", "density=0.7"]),
+                                          ("della", ["--method-param", "density=0.6", "--method-param", "epsilon=0.1"]),
+                                          ("breadcrumbs", ["--method-param", "density=0.8", "--method-param", "gamma=0.02"]),
+                                          ("linear", [])])
+def test_every_method_writes_a_valid_recipe(scored_pair, tmp_path, method, extra):
+    d, scores = scored_pair
+    recipe = tmp_path / "r.yaml"
+    assert run_cli("recipe", str(scores), "--out", str(recipe), "--strategy", "topk", "--param", "k=2",
+                   "--method", method, *extra) == 0
+    cfg = yaml.safe_load(recipe.read_text())
+    assert cfg["merge_method"] == method
+
+
+def test_recipe_refuses_unknown_names(scored_pair, tmp_path, capsys):
+    d, scores = scored_pair
+    r = tmp_path / "r.yaml"
+    assert run_cli("recipe", str(scores), "--out", str(r), "--strategy", "shar") == 2
+    assert "did you mean 'share'" in capsys.readouterr().err
+    assert run_cli("recipe", str(scores), "--out", str(r), "--strategy", "share", "--param", "scal=2") == 2
+    assert "did you mean 'scale'" in capsys.readouterr().err
+    assert run_cli("recipe", str(scores), "--out", str(r), "--method", "ties", "--method-param", "densty=0.2") == 2
+    assert "did you mean 'density'" in capsys.readouterr().err
+    assert not r.exists()
