@@ -111,3 +111,42 @@ def test_recipe_refuses_unknown_names(scored_pair, tmp_path, capsys):
     assert run_cli("recipe", str(scores), "--out", str(r), "--method", "ties", "--method-param", "densty=0.2") == 2
     assert "did you mean 'density'" in capsys.readouterr().err
     assert not r.exists()
+
+
+def test_publish_uploads_through_the_client_and_never_shows_the_token(scored_pair, tmp_path, monkeypatch, capsys):
+    d, scores = scored_pair
+    recipe = tmp_path / "r.yaml"
+    assert run_cli("recipe", str(scores), "--out", str(recipe), "--strategy", "share") == 0
+    out = tmp_path / "merged"
+    assert run_cli("merge", str(recipe), "--out", str(out)) == 0
+    secret = "hf_SECRETtoken123"
+    monkeypatch.setenv("HF_TOKEN", secret)
+    calls = []
+
+    class FakeHub:
+        """Local stand-in of the client: records calls and copies the folder to a 'remote' dir."""
+
+        def create_repo(self, **kw):
+            calls.append(("create_repo", kw))
+
+        def upload_folder(self, folder_path, repo_id, **kw):
+            calls.append(("upload_folder", repo_id))
+            shutil.copytree(folder_path, tmp_path / "remote" / repo_id)
+
+    from mechmerge.merge import publish
+
+    monkeypatch.setattr(publish, "make_api", lambda: FakeHub())
+    assert run_cli("publish", str(out), "--repo", "me/merge", "--dry-run") == 0
+    dry = capsys.readouterr().err
+    assert "would upload" in dry and "model.safetensors" in dry and not calls
+    assert run_cli("publish", str(out), "--repo", "me/merge", "--private") == 0
+    err = capsys.readouterr()
+    assert calls[0] == ("create_repo", {"repo_id": "me/merge", "private": True, "exist_ok": True, "repo_type": "model"})
+    remote = tmp_path / "remote" / "me/merge"
+    assert (remote / "README.md").read_text() == (out / "README.md").read_text()
+    assert secret not in err.out + err.err
+    for f in remote.rglob("*"):
+        if f.is_file():
+            assert secret.encode() not in f.read_bytes()
+    assert run_cli("publish", str(out), "--repo", "not a repo") == 2
+    assert run_cli("publish", str(tmp_path), "--repo", "me/x") == 2
