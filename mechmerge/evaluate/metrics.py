@@ -1,0 +1,45 @@
+"""Per-probe metrics: prediction + probe -> correct or not.
+
+Registered by name (`exact` is the default). A metric can also be given as
+`package.module:function` and is imported lazily, so evaluation code outside
+mechmerge (e.g. the instruction-following verifiers under eval/real) plugs in
+without registering anything here.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Callable
+
+from ..errors import UserError
+from ..probes import Probe
+from ..registry import Registry
+from .generate import exact_match, normalize
+
+Metric = Callable[[str, Probe], bool]
+
+
+class _Metrics(Registry[Metric]):
+    def get(self, name: str) -> Metric:
+        if ":" in name and name not in self:
+            module, _, attr = name.partition(":")
+            try:
+                return getattr(importlib.import_module(module), attr)
+            except (ImportError, AttributeError) as e:
+                raise UserError(f"metric {name!r} cannot be imported ({e})") from None
+        return super().get(name)
+
+
+METRICS: _Metrics = _Metrics("metric")
+
+
+@METRICS.register("exact")
+def exact(pred: str, probe: Probe) -> bool:
+    """Greedy output equals the reference after `normalize` (surrounding whitespace stripped)."""
+    return exact_match(pred, probe.response)
+
+
+@METRICS.register("prefix")
+def prefix(pred: str, probe: Probe) -> bool:
+    """The reference is a prefix of the output (for models that do not stop)."""
+    return normalize(pred).startswith(normalize(probe.response))
