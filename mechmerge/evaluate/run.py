@@ -108,12 +108,15 @@ class Evaluator:
             conf, _ = per_probe_logprob(runner, t.batches, len(t.probes))
             t.quartile_of = quartiles(conf)
 
-    def run(self, model, family, progress: bool = False, label: str = "eval") -> Dict[str, Any]:
+    def run(self, model, family, progress: bool = False, label: str = "eval",
+            tasks: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+        """Evaluate `model` on every task (or only `tasks`)."""
         runner = LayerRunner(model, family)
+        chosen = [self.tasks[n] for n in (tasks if tasks is not None else self.tasks)]
         out = {}
-        bar = tqdm(total=sum(len(t.probes) for t in self.tasks.values()), desc=label, file=sys.stderr,
+        bar = tqdm(total=sum(len(t.probes) for t in chosen), desc=label, file=sys.stderr,
                    disable=not progress, unit="probe")
-        for t in self.tasks.values():
+        for t in chosen:
             conf, pooled = per_probe_logprob(runner, t.batches, len(t.probes))
             if t.quartile_of is None:
                 t.quartile_of = quartiles(conf)

@@ -25,10 +25,12 @@ from ..models.units import Unit, discover_units
 from ..options import Options, opt
 from ..probes import file_sha256, load_probes, make_batches, pad_id_of, tokenize_all
 from ..scores import FORMAT, VERSION
+from . import distributed as dist
 from . import engine
+from .expert import ExpertResult, measure_expert
 from .journal import Journal
 from .runner import LayerRunner
-from .swap import WeightSwapper, identical
+from .swap import WeightSwapper
 
 
 @dataclass
@@ -135,65 +137,41 @@ def fingerprint(opts: ScoreOptions, setup_paths: List[Path]) -> str:
 
 
 def score(opts: ScoreOptions) -> Dict[str, Any]:
-    """Run Weight Patching and write `opts.out`; returns the scores dict."""
-    out = check_output(opts.out, opts.force or opts.resume, "scores file")
+    """Run Weight Patching and write `opts.out`; returns the scores dict (on every rank)."""
+    dist.init(opts.device)
+    opts.device = dist.local_device(opts.device)
+    out = Path(opts.out)
+    if dist.rank() == 0:
+        check_output(out, opts.force or opts.resume, "scores file")
     setup = prepare(opts)
     torch.manual_seed(opts.seed)
-    journal = Journal(Path(str(out) + ".journal"),
+    suffix = f".rank{dist.rank()}" if dist.world() > 1 else ""
+    journal = Journal(Path(f"{out}.journal{suffix}"),
                       fingerprint(opts, [setup.base.path, *(e.path for e in setup.experts.values())]), opts.resume)
     from .progress import Progress
 
     finished = False
+    data: Dict[str, Any] = {}
     try:
-        with Progress(enabled=opts.progress) as bar:
-            results = {n: _score_expert(setup, n, journal, bar) for n in setup.experts}
-        data = build(setup, results)
-        atomic_write_text(out, dumps(data))
+        with Progress(enabled=opts.progress and dist.rank() == 0) as bar:
+            results = {n: measure_expert(setup, n, journal, bar) for n in setup.experts}
+        if dist.rank() == 0:
+            data = assemble(setup, results)
+            atomic_write_text(out, dumps(data))
+        dist.barrier()
         finished = True
     finally:
         # On failure the journal stays for --resume; on success it has served its purpose.
         journal.close(remove=finished)
-    if opts.progress:
+    if opts.progress and dist.rank() == 0:
         from .summary import print_summary
 
         print_summary(data, file=sys.stderr)
     return data
 
 
-def _score_expert(setup: Setup, name: str, journal: Journal, bar) -> Dict[str, Any]:
-    opts, runner, swapper, base = setup.opts, setup.runner, setup.swapper, setup.base
-    expert = setup.experts[name]
-    batches = setup.batches[name]
-    bar.stage(f"{name}: baselines")
-    bar.add_total(2)
-    b_stats = engine.measure_baseline(runner, batches)
-    with swapper.swapped_to(expert, base, setup.param_names):
-        e_stats = engine.measure_baseline(runner, batches)
-    bar.advance(2)
-    L = base.num_layers
-    anchor_layer = opts.anchor_layer if opts.anchor_layer is not None else engine.choose_anchor_layer(b_stats, e_stats, L)
-    anchor = engine.Anchor.between(b_stats, e_stats, anchor_layer)
-    same = {u.name: identical(base, expert, u) for u in setup.units}
-    todo = [u for u in setup.units if not same[u.name]]
-    hidden = int(base.config.get("hidden_size") or base.config.get("n_embd"))
-    elem = next(setup.model.parameters()).element_size()
-    groups = engine.group_batches(batches, runner, hidden, opts.cache_mb * 2 ** 20, elem)
-    bar.add_total(len(todo) * len(groups) * len(opts.phases()))
-
-    raw: Dict[str, Dict[str, engine.Measurement]] = {}
-    for phase in opts.phases():
-        bar.stage(f"{name}: {phase}")
-        done = lambda u, g, p=phase: journal.get(name, p, u, g)  # noqa: E731
-        record = lambda u, g, m, p=phase: journal.add(name, p, u, g, m)  # noqa: E731
-        if phase == "patch_in":
-            raw[phase] = engine.run_phase(runner, swapper, todo, expert, batches, groups, anchor, done, record, bar.tick)
-        else:
-            with swapper.swapped_to(expert, base, setup.param_names):
-                raw[phase] = engine.run_phase(runner, swapper, todo, base, batches, groups, None, done, record, bar.tick)
-    return {"b": b_stats, "e": e_stats, "anchor": anchor, "same": same, "raw": raw}
-
-
-def build(setup: Setup, results: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
+def assemble(setup: Setup, results: Dict[str, ExpertResult]) -> Dict[str, Any]:
+    """Scores (ratios) from the measured deltas, in the documented JSON layout."""
     opts = setup.opts
     units = {
         u.name: {"layer": u.layer, "kind": u.kind, "category": u.category,
@@ -202,43 +180,37 @@ def build(setup: Setup, results: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
     }
     experts = {}
     for name, r in results.items():
-        b, e, anchor = r["b"], r["e"], r["anchor"]
-        m_b, m_e = b.m, e.m
+        m_b, m_e = r.base.m, r.expert.m
         gap = m_e - m_b
-        a_b, a_e = anchor.value(b), anchor.value(e)
-        warnings = []
+        a_b, a_e = r.a_base, r.a_expert
         reliable = gap > opts.min_gap
-        if not reliable:
-            warnings.append(
-                f"expert is not better than the base on its probes (m(E)-m(B) = {gap:.4g} nats/token <= {opts.min_gap}); "
-                "its scores are unreliable"
-            )
+        warnings = [] if reliable else [
+            f"expert is not better than the base on its probes (m(E)-m(B) = {gap:.4g} nats/token <= {opts.min_gap}); "
+            "its scores are unreliable"]
         mods = {}
         for u in setup.units:
-            below = u.layer <= anchor.layer
+            below = u.layer <= r.anchor.layer
             entry: Dict[str, Any] = {"patch_in": None, "knockout": None, "anchor": None,
-                                     "identical": r["same"][u.name], "method": "exact"}
-            if r["same"][u.name]:
-                for p in opts.phases():
-                    entry[p] = 0.0
-                entry["anchor"] = 0.0 if below and "patch_in" in r["raw"] else None
-            else:
-                if "patch_in" in r["raw"]:
-                    pi = r["raw"]["patch_in"][u.name]
-                    entry["patch_in"] = engine.safe_ratio(pi.lp_sum / pi.n - m_b, gap)
-                    if below and pi.anchor_sum is not None:
-                        entry["anchor"] = engine.safe_ratio(pi.anchor_sum / pi.n - a_b, a_e - a_b)
-                if "knockout" in r["raw"]:
-                    ko = r["raw"]["knockout"][u.name]
-                    entry["knockout"] = engine.safe_ratio(m_e - ko.lp_sum / ko.n, gap)
+                                     "identical": r.same[u.name], "method": "exact"}
+            for phase in opts.phases():
+                if r.same[u.name]:
+                    entry[phase] = 0.0
+                    if phase == "patch_in" and below:
+                        entry["anchor"] = 0.0
+                    continue
+                dm, da, method = r.deltas[phase][u.name]
+                entry[phase] = engine.safe_ratio(dm, gap)
+                entry["method"] = method
+                if phase == "patch_in" and below and da is not None:
+                    entry["anchor"] = engine.safe_ratio(da, a_e - a_b)
             mods[u.name] = entry
         experts[name] = {
             "model": opts.experts[name],
             "probes": opts.probes[name],
             "probes_sha256": file_sha256(opts.probes[name]),
             "n_probes": setup.n_probes[name],
-            "n_tokens": b.n,
-            "baseline": {"base": m_b, "expert": m_e, "gap": gap, "anchor_layer": anchor.layer,
+            "n_tokens": r.base.n,
+            "baseline": {"base": m_b, "expert": m_e, "gap": gap, "anchor_layer": r.anchor.layer,
                          "anchor_base": a_b, "anchor_expert": a_e},
             "reliable": reliable,
             "warnings": warnings,
@@ -252,21 +224,17 @@ def build(setup: Setup, results: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
         "granularity": opts.granularity,
         "method": opts.method,
         "directions": opts.phases(),
-        "options": {k: v for k, v in opts.to_dict().items() if k not in ("resume", "force", "progress")},
+        "options": {k: v for k, v in opts.to_dict().items() if k not in ("out", "resume", "force", "progress", "device")},
         "units": units,
         "experts": experts,
     }
 
 
 def _numel(ckpt: Checkpoint, s) -> int:
-    shape = ckpt.tensors[s.tensor].shape
-    if s.dim is None:
-        n = 1
-        for d in shape:
-            n *= d
-        return n
-    n = s.stop - s.start
-    for i, d in enumerate(shape):
-        if i != s.dim:
-            n *= d
+    shape = list(ckpt.tensors[s.tensor].shape)
+    if s.dim is not None:
+        shape[s.dim] = s.stop - s.start
+    n = 1
+    for d in shape:
+        n *= d
     return n

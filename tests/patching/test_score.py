@@ -69,7 +69,7 @@ def test_base_is_bit_identical_after_scoring_and_after_a_failure(planted, probes
     _assert_model_is_checkpoint(setup)
     from mechmerge.patching.journal import Journal
     from mechmerge.patching.progress import Progress
-    from mechmerge.patching.score import _score_expert
+    from mechmerge.patching.expert import measure_expert as _score_expert
 
     j = Journal(tmp_path / "j", "fp", resume=False)
     with Progress(enabled=False) as bar:

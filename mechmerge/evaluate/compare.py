@@ -1,0 +1,241 @@
+"""The comparison harness: does mechanism-guided merging beat tuned uniform merging?
+
+Protocol (fixed, the same for every method):
+  * every 2- and 3-expert combination of the suite's experts;
+  * each merge method proposes at most `candidates` merges per combination (baselines
+    from a fixed hyperparameter grid; guided strategies the best of their
+    calibration on the *scoring* probes); the untuned linear average proposes one;
+  * the candidate with the best mean dev accuracy over the combination's tasks is
+    chosen (the first on ties), then evaluated once on the test split;
+  * every merge is computed by mergekit's engine from the recipe mechmerge writes;
+    seeds are fixed; results are cached per candidate, so a killed run resumes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Tuple
+
+import numpy as np
+import torch
+
+from ..errors import UserError
+from ..io import atomic_write_text, dumps
+from ..merge import engine as mk
+from ..models.checkpoint import Checkpoint
+from ..models.load import load_model, load_tokenizer, params_by_name, resolve_device, resolve_dtype
+from ..options import Options, opt
+from ..recipe import strategies
+from ..recipe.build import RecipeOptions, make_recipe
+from ..recipe.defaults import DEFAULT
+from .run import Evaluator
+from .suite import Suite
+
+
+@dataclass
+class CompareOptions(Options):
+    suite: str = field(metadata=opt("Zoo name (alpha, beta), a zoo directory, or a suite JSON.", argument=True,
+                                    metavar="SUITE"))
+    out: str = field(default="results", metadata=opt("Results folder (table, JSON, plot, cache)."))
+    sizes: str = field(default="2,3", metadata=opt("Combination sizes, comma separated."))
+    candidates: int = field(default=6, metadata=opt("Merges each method may propose per combination."))
+    strategies_: Tuple[str, ...] = field(default=(), metadata=opt(
+        "Guided strategies to run (repeatable; default: every registered one but uniform).", flag="strategy"))
+    score_method: str = field(default="exact", metadata=opt("Scoring method for the guided strategies."))
+    seed: int = field(default=0, metadata=opt("Seed for random methods (DARE)."))
+    batch_size: int = field(default=64, metadata=opt("Evaluation batch size."))
+    device: str = field(default="auto", metadata=opt("auto, cpu or cuda."))
+    progress: bool = field(default=True, metadata=opt("Progress output."))
+
+
+# Baseline grids: `candidates` entries are taken in order (the grids are ordered so the
+# first entries span the range).
+TA_GRID = [0.5, 1.0, 0.75, 0.3, 1.25, 0.6, 0.9, 1.5]
+SPARSE_GRID = [(0.5, 1.0), (0.3, 1.0), (0.7, 1.0), (0.5, 1.3), (0.3, 1.5), (0.7, 0.8), (0.9, 1.0), (0.2, 2.0)]
+
+
+@dataclass
+class Candidate:
+    label: str
+    recipe: Callable[[], Dict[str, Any]]  # built lazily: a cached result needs no recipe
+
+
+@dataclass
+class Harness:
+    opts: CompareOptions
+    suite: Suite
+    scores: Dict[str, Any]
+    out: Path
+    dev: Evaluator
+    test: Evaluator
+    model: torch.nn.Module
+    family: Any
+    cache: Dict[str, Any] = field(default_factory=dict)
+
+    # -- candidates ---------------------------------------------------------------
+    def _recipe(self, combo, **kw) -> Dict[str, Any]:
+        ro = RecipeOptions(scores=str(self.out / "scores.json"), out="", experts=tuple(combo), progress=False,
+                           seed=self.opts.seed, **kw)
+        return make_recipe(ro, data=self.scores, write=False).config
+
+    def methods(self, combo: Tuple[str, ...]) -> Dict[str, List[Candidate]]:
+        n, N = len(combo), self.opts.candidates
+        out: Dict[str, List[Candidate]] = {
+            "linear": [Candidate("avg", lambda: self._recipe(combo, strategy="uniform", param={"scale": str(1 / n)},
+                                                              method="linear", calibrate=False))]}
+        out["task_arithmetic"] = [
+            Candidate(f"lambda={lam}", lambda lam=lam: self._recipe(combo, strategy="uniform", param={"scale": str(lam)},
+                                                                   calibrate=False)) for lam in TA_GRID[:N]]
+        for method in ("ties", "dare_ties"):
+            out[method] = [Candidate(f"density={d},lambda={lam}", lambda d=d, lam=lam, m=method: self._recipe(
+                combo, strategy="uniform", param={"scale": "1.0"}, method=m, calibrate=False,
+                method_param={"density": str(d), "lambda": str(lam)})) for d, lam in SPARSE_GRID[:N]]
+        for name in self.guided():
+            out[f"guided:{name}"] = self._guided(combo, name)
+        return out
+
+    def guided(self) -> List[str]:
+        return list(self.opts.strategies_) or [s for s in strategies.STRATEGIES if s != "uniform"]
+
+    def _guided(self, combo, name: str) -> List[Candidate]:
+        """The strategy's top-N calibrations on the scoring probes (N = candidates)."""
+        key = f"calib|{'+'.join(combo)}|{name}"
+        if key not in self.cache:
+            score = DEFAULT.score if name == DEFAULT.strategy else "patch_in"
+            ro = RecipeOptions(scores=str(self.out / "scores.json"), out="", experts=tuple(combo), strategy=name,
+                               score=score, calibrate=True, progress=False, seed=self.opts.seed,
+                               param={k: str(v) for k, v in (DEFAULT.params if name == DEFAULT.strategy else {}).items()})
+            r = make_recipe(ro, data=self.scores, write=False)
+            table = sorted(r.calibration or [{"params": r.params, "objective": 0.0}], key=lambda t: -t["objective"])
+            self.cache[key] = {"score": score, "params": [t["params"] for t in table[: self.opts.candidates]]}
+            self._save_cache()
+        c = self.cache[key]
+        return [Candidate(",".join(f"{k}={v}" for k, v in p.items()), lambda p=p: self._recipe(
+            combo, strategy=name, score=c["score"], param={k: str(v) for k, v in p.items()}, calibrate=False))
+            for p in c["params"]]
+
+    # -- evaluation -----------------------------------------------------------------
+    def _load(self, cfg: Dict[str, Any]) -> None:
+        params = params_by_name(self.model)
+        with torch.no_grad():
+            for name, t in mk.merge_in_memory(cfg, seed=self.opts.seed).items():
+                if name in params:
+                    params[name].data.copy_(t)
+
+    def _load_dir(self, path: str) -> None:
+        ck = Checkpoint.open(path)
+        params = params_by_name(self.model)
+        with torch.no_grad():
+            for name in ck.tensors:
+                if name in params:
+                    params[name].data.copy_(ck.get(name))
+
+    def _eval(self, ev: Evaluator, tasks: List[str]) -> Dict[str, Any]:
+        res = ev.run(self.model, self.family, tasks=tasks)
+        return {t: {"accuracy": r["accuracy"], "logprob": r["logprob"], "n": r["n"], "quartiles": r["quartiles"]}
+                for t, r in res.items()}
+
+    def run_combo(self, combo: Tuple[str, ...]) -> Dict[str, Any]:
+        tasks = list(combo)
+        retention = list(self.suite.retention.get("test", {}))
+        result: Dict[str, Any] = {}
+        for name in ("base", *combo):
+            key = f"ref|{'+'.join(combo)}|{name}"
+            if key not in self.cache:
+                self._load_dir(self.suite.base if name == "base" else self.suite.experts[name])
+                self.cache[key] = {"test": self._eval(self.test, tasks + retention)}
+                self._save_cache()
+            result["base" if name == "base" else f"expert:{name}"] = self.cache[key]
+        for method, cands in self.methods(combo).items():
+            dev_scores = []
+            for c in cands:
+                key = f"dev|{'+'.join(combo)}|{method}|{c.label}"
+                if key not in self.cache:
+                    self._load(c.recipe())
+                    self.cache[key] = self._eval(self.dev, tasks)
+                    self._save_cache()
+                dev_scores.append(np.mean([self.cache[key][t]["accuracy"] for t in tasks]))
+            best = cands[int(np.argmax(dev_scores))]
+            key = f"test|{'+'.join(combo)}|{method}|{best.label}"
+            if key not in self.cache:
+                self._load(best.recipe())
+                self.cache[key] = self._eval(self.test, tasks + retention)
+                self._save_cache()
+            result[method] = {"chosen": best.label, "dev": float(max(dev_scores)), "test": self.cache[key],
+                              "candidates": len(cands)}
+            if self.opts.progress:
+                acc = np.mean([self.cache[key][t]["accuracy"] for t in tasks])
+                print(f"  {'+'.join(combo):<22} {method:<20} test {acc:.3f} ({best.label})", file=sys.stderr)
+        return result
+
+    def _save_cache(self) -> None:
+        atomic_write_text(self.out / "cache.json", json.dumps(self.cache, indent=0, sort_keys=True))
+
+
+def resolve_suite(ref: str) -> Suite:
+    p = Path(ref)
+    if p.is_file():
+        return Suite.from_file(ref)
+    if p.is_dir() and (p / "zoo.json").is_file():
+        return Suite.from_zoo(p)
+    if not p.exists():
+        from ..zoo import locate
+
+        return Suite.from_zoo(locate(ref))
+    raise UserError(f"suite {ref!r}: expected a zoo name, a zoo directory or a suite JSON")
+
+
+def combos(experts: List[str], sizes: str) -> List[Tuple[str, ...]]:
+    try:
+        ks = [int(s) for s in sizes.split(",") if s.strip()]
+    except ValueError:
+        raise UserError(f"--sizes {sizes!r}: expected comma-separated integers like 2,3") from None
+    out = [c for k in ks for c in itertools.combinations(experts, k)]
+    if not out:
+        raise UserError(f"no combinations of sizes {sizes} from {len(experts)} experts")
+    return out
+
+
+def compare(opts: CompareOptions) -> Dict[str, Any]:
+    suite = resolve_suite(opts.suite)
+    suite.check()
+    out = Path(opts.out)
+    out.mkdir(parents=True, exist_ok=True)
+    scores_path = out / "scores.json"
+    if not scores_path.exists():
+        from ..patching.score import ScoreOptions, score
+
+        if opts.progress:
+            print(f"scoring {len(suite.experts)} experts of {suite.name} ...", file=sys.stderr)
+        score(ScoreOptions(base=suite.base, experts=dict(suite.experts), probes=dict(suite.splits["score"]),
+                           out=str(scores_path), method=opts.score_method, device=opts.device,
+                           progress=opts.progress))
+    from ..scores import read_scores
+
+    scores = read_scores(scores_path)
+    dev = resolve_device(opts.device)
+    base = Checkpoint.open(suite.base, "base")
+    tok = load_tokenizer([base])
+    mkw = dict(metrics=suite.metrics, batch_size=opts.batch_size, max_new_tokens=suite.max_new_tokens, device=dev)
+    dev_ev = Evaluator(dict(suite.splits["dev"]), tok, **mkw)
+    test_ev = Evaluator({**suite.splits["test"], **suite.retention.get("test", {})}, tok, **mkw)
+    model = load_model(base, dev, resolve_dtype("auto", dev))
+    dev_ev.set_quartiles(model, base.family)
+    test_ev.set_quartiles(model, base.family)
+    cache_file = out / "cache.json"
+    cache = json.loads(cache_file.read_text()) if cache_file.exists() else {}
+    h = Harness(opts, suite, scores, out, dev_ev, test_ev, model, base.family, cache)
+    results = {"+".join(c): h.run_combo(c) for c in combos(list(suite.experts), opts.sizes)}
+    from .report import summarize, write_report
+
+    summary = summarize(results, suite, default=f"guided:{DEFAULT.strategy}")
+    data = {"suite": suite.name, "protocol": {"candidates": opts.candidates, "sizes": opts.sizes, "seed": opts.seed,
+                                              "score_method": opts.score_method, "default": DEFAULT.strategy},
+            "summary": summary, "combinations": results}
+    atomic_write_text(out / "results.json", dumps(data))
+    write_report(data, out)
+    return data

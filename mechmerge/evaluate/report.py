@@ -1,0 +1,116 @@
+"""Tables and plots for the comparison harness."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict, List
+
+import numpy as np
+
+BASELINES = ("linear", "task_arithmetic", "ties", "dare_ties")
+CLAIM_MARGIN, CLAIM_WORST = 0.03, -0.02
+
+
+def _combo_acc(test: Dict[str, Any], tasks: List[str]) -> tuple[float, float]:
+    """(mean accuracy over tasks, its binomial standard error)."""
+    ps = [test[t]["accuracy"] for t in tasks]
+    var = sum(p * (1 - p) / max(test[t]["n"], 1) for p, t in zip(ps, tasks))
+    return float(np.mean(ps)), float(np.sqrt(var) / len(ps))
+
+
+def summarize(results: Dict[str, Dict[str, Any]], suite, default: str) -> Dict[str, Any]:
+    combos = list(results)
+    methods = [m for m in next(iter(results.values())) if not m.startswith("expert:")]
+    rows: Dict[str, Dict[str, Any]] = {}
+    retention_tasks = list(suite.retention.get("test", {}))
+    for m in methods + ["experts"]:
+        per, se, ret = {}, {}, []
+        for c in combos:
+            tasks = c.split("+")
+            if m == "experts":  # each expert on its own task: the ceiling a merge aims for
+                test = {t: results[c][f"expert:{t}"]["test"][t] for t in tasks}
+                ret_tests = [results[c][f"expert:{t}"]["test"] for t in tasks]
+            else:
+                test = results[c][m]["test"]
+                ret_tests = [test]
+            per[c], se[c] = _combo_acc(test, tasks)
+            for rt in ret_tests:
+                ret += [rt[t]["accuracy"] for t in retention_tasks if t in rt]
+        vals = np.array(list(per.values()))
+        rows[m] = {"per_combination": per, "stderr": se, "mean": float(vals.mean()),
+                   "mean_stderr": float(vals.std(ddof=1) / np.sqrt(len(vals))) if len(vals) > 1 else 0.0,
+                   "retention": float(np.mean(ret)) if ret else None}
+    present = [b for b in BASELINES if b in rows]
+    best = max(present, key=lambda b: rows[b]["mean"]) if present else None
+    claim = None
+    if best and default in rows:
+        diffs = {c: rows[default]["per_combination"][c] - rows[best]["per_combination"][c] for c in combos}
+        margin = rows[default]["mean"] - rows[best]["mean"]
+        claim = {"default": default, "best_baseline": best, "margin": margin, "worst_combination": min(diffs.values()),
+                 "per_combination": diffs,
+                 "holds": bool(margin >= CLAIM_MARGIN and min(diffs.values()) >= CLAIM_WORST)}
+    return {"methods": rows, "claim": claim}
+
+
+def markdown(data: Dict[str, Any]) -> str:
+    s = data["summary"]
+    rows = s["methods"]
+    combos = list(next(iter(rows.values()))["per_combination"])
+    head = "| method | " + " | ".join(combos) + " | mean ± s.e. | retention |"
+    lines = [f"Suite `{data['suite']}`: held-out (test) exact-match accuracy per combination; "
+             f"{data['protocol']['candidates']} candidate merges per tuned method chosen on dev.", "", head,
+             "|---|" + "---:|" * (len(combos) + 2)]
+    for m, r in rows.items():
+        cells = " | ".join(f"{r['per_combination'][c]:.3f}" for c in combos)
+        ret = "–" if r["retention"] is None else f"{r['retention']:.3f}"
+        name = f"**{m}**" if s["claim"] and m == s["claim"]["default"] else m
+        lines.append(f"| {name} | {cells} | {r['mean']:.3f} ± {r['mean_stderr']:.3f} | {ret} |")
+    c = s["claim"]
+    if c:
+        verdict = "HOLDS" if c["holds"] else "DOES NOT HOLD"
+        lines += ["", f"Claim ({c['default']} beats the best tuned uniform baseline, {c['best_baseline']}, by >= 3 "
+                      f"points on the mean and is never > 2 points worse): **{verdict}** — margin "
+                      f"{100 * c['margin']:+.1f} points, worst combination {100 * c['worst_combination']:+.1f} points."]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(data: Dict[str, Any], out: Path) -> None:
+    from ..io import atomic_write_text
+
+    atomic_write_text(out / "results.md", markdown(data))
+    plot(data, out / "results.png")
+
+
+def plot(data: Dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = data["summary"]["methods"]
+    names = list(rows)
+    combos = list(rows[names[0]]["per_combination"])
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(14, 4.8), gridspec_kw={"width_ratios": [1, 2.4]})
+    means = [rows[m]["mean"] for m in names]
+    errs = [rows[m]["mean_stderr"] for m in names]
+    colors = ["#4c72b0" if m.startswith("guided") else "#999999" if m in ("base", "experts") else "#dd8452"
+              for m in names]
+    a1.barh(names, means, xerr=errs, color=colors)
+    a1.invert_yaxis()
+    a1.set_xlabel("mean test accuracy over combinations (± s.e.)")
+    a1.set_xlim(0, 1)
+    width = 0.8 / len(names)
+    x = np.arange(len(combos))
+    for i, m in enumerate(names):
+        a2.bar(x + i * width, [rows[m]["per_combination"][c] for c in combos], width,
+               yerr=[rows[m]["stderr"][c] for c in combos], label=m, color=colors[i],
+               alpha=0.5 + 0.5 * (i / max(1, len(names) - 1)))
+    a2.set_xticks(x + 0.4 - width / 2)
+    a2.set_xticklabels(combos, rotation=30, ha="right")
+    a2.set_ylabel("test accuracy")
+    a2.set_ylim(0, 1)
+    a2.legend(fontsize=7, ncol=2)
+    fig.suptitle(f"{data['suite']}: guided (blue) vs uniform baselines (orange)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

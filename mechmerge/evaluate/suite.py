@@ -1,0 +1,80 @@
+"""A comparison suite: base, experts and the probe splits the harness needs.
+
+    {"name": ..., "base": DIR, "experts": {NAME: DIR},
+     "splits": {"score": {TASK: FILE}, "dev": {TASK: FILE}, "test": {TASK: FILE}},
+     "retention": {"dev": {TASK: FILE}, "test": {TASK: FILE}},   # general skills every merge must keep
+     "metrics": {TASK: METRIC}, "max_new_tokens": N}
+
+Expert NAME and its task share a name. The zoo's manifest converts to a suite;
+the real-model pipeline writes one.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict
+
+from ..errors import UserError
+
+
+@dataclass
+class Suite:
+    name: str
+    base: str
+    experts: Dict[str, str]
+    splits: Dict[str, Dict[str, str]]
+    retention: Dict[str, Dict[str, str]] = field(default_factory=dict)
+    metrics: Dict[str, str] = field(default_factory=dict)
+    max_new_tokens: int = 32
+
+    def check(self) -> None:
+        for split in ("score", "dev", "test"):
+            missing = [e for e in self.experts if e not in self.splits.get(split, {})]
+            if missing:
+                raise UserError(f"suite {self.name!r}: expert {missing[0]!r} has no {split} probes")
+        for path in [self.base, *self.experts.values()]:
+            if not Path(path).is_dir():
+                raise UserError(f"suite {self.name!r}: model {path!r} not found")
+
+    @classmethod
+    def from_file(cls, path: str) -> "Suite":
+        p = Path(path)
+        try:
+            d = json.loads(p.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise UserError(f"suite {path!r}: cannot read ({e})") from None
+        if d.get("format") == "mechmerge-zoo":
+            return cls.from_zoo(p.parent)
+        root = p.parent
+
+        def rel(x: str) -> str:
+            return str(root / x) if not Path(x).is_absolute() else x
+
+        return cls(
+            name=d.get("name", p.stem), base=rel(d["base"]),
+            experts={k: rel(v) for k, v in d["experts"].items()},
+            splits={s: {k: rel(v) for k, v in m.items()} for s, m in d["splits"].items()},
+            retention={s: {k: rel(v) for k, v in m.items()} for s, m in d.get("retention", {}).items()},
+            metrics=dict(d.get("metrics", {})), max_new_tokens=int(d.get("max_new_tokens", 32)),
+        )
+
+    @classmethod
+    def from_zoo(cls, zoo_dir: Path) -> "Suite":
+        from ..zoo import manifest
+
+        m = manifest(zoo_dir)
+        root = Path(zoo_dir)
+
+        def probes(skill: str, split: str) -> str:
+            return str(root / m["probes"][skill][split])
+
+        specialists = list(m["specialists"])
+        return cls(
+            name=m["name"], base=str(root / m["base"]),
+            experts={s: str(root / m["experts"][s]) for s in specialists},
+            splits={sp: {s: probes(s, sp) for s in specialists} for sp in ("score", "dev", "test")},
+            retention={sp: {g: probes(g, sp) for g in m["general"]} for sp in ("dev", "test")},
+            max_new_tokens=int(m.get("max_new_tokens", 24)),
+        )

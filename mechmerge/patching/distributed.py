@@ -1,0 +1,73 @@
+"""Sharding scoring work across processes (`accelerate launch` or `torchrun`).
+
+Every rank loads the base and measures the (cheap) baselines itself; the units of
+each phase are dealt round-robin to the ranks; rank 0 gathers the measurements and
+writes the same JSON a single process writes. CPU ranks talk over gloo, GPU ranks
+over nccl, each on its own device (LOCAL_RANK).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, List, Sequence, TypeVar
+
+import torch
+
+T = TypeVar("T")
+
+
+def launched() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def init(device: str) -> None:
+    """Join the process group when started by a launcher (no-op otherwise)."""
+    import torch.distributed as dist
+
+    if not launched() or dist.is_initialized():
+        return
+    backend = "nccl" if device.startswith("cuda") and torch.cuda.is_available() else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group(backend=backend)
+
+
+def rank() -> int:
+    import torch.distributed as dist
+
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def world() -> int:
+    import torch.distributed as dist
+
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def local_device(device: str) -> str:
+    """cuda -> cuda:LOCAL_RANK under a launcher, so ranks do not share a GPU."""
+    if launched() and device in ("auto", "cuda") and torch.cuda.is_available():
+        return f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
+    return device
+
+
+def shard(items: Sequence[T]) -> List[T]:
+    return list(items[rank()::world()])
+
+
+def gather(obj: Any) -> List[Any]:
+    """Every rank's `obj`, in rank order, on rank 0 (others get [])."""
+    import torch.distributed as dist
+
+    if world() == 1:
+        return [obj]
+    out = [None] * world() if rank() == 0 else None
+    dist.gather_object(obj, out, dst=0)
+    return out or []
+
+
+def barrier() -> None:
+    import torch.distributed as dist
+
+    if world() > 1:
+        dist.barrier()

@@ -1,0 +1,145 @@
+"""Measure one expert: baselines, then each unit's effect by exact patching, attribution,
+or both (hybrid). Results are *deltas* per phase and unit:
+
+    patch_in   Δm = m(B ⊕ E_u) − m(B),   Δa = a(B ⊕ E_u) − a(B)
+    knockout   Δm = m(E) − m(E ⊕ B_u)
+
+with the method that produced them; `assemble` divides by the gaps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from ..models.units import Unit
+from . import distributed as dist
+from . import engine
+from .attribution import alias, gradients, unit_dots
+from .swap import identical
+
+Delta = Tuple[float, Optional[float], str]  # (Δm, Δa or None, method)
+
+
+@dataclass
+class ExpertResult:
+    base: engine.Baseline
+    expert: engine.Baseline
+    anchor: engine.Anchor
+    same: Dict[str, bool]
+    deltas: Dict[str, Dict[str, Delta]] = field(default_factory=dict)  # phase -> unit -> Delta
+
+    @property
+    def a_base(self) -> float:
+        return self.anchor.value(self.base)
+
+    @property
+    def a_expert(self) -> float:
+        return self.anchor.value(self.expert)
+
+
+def select_for_exact(est: Dict[str, Dict[str, Tuple[float, Optional[float]]]], units: Sequence[Unit], k: int,
+                     gap: float) -> List[Unit]:
+    """Units hybrid re-measures exactly: each phase's top k by estimate, plus every unit
+    whose estimate *could* still be in the top k.
+
+    A unit's uncertainty interval is spanned by its two first-order estimates, the
+    gradient at the base (patch_in) and at the expert (knockout); they agree where the
+    behaviour is linear in the unit. A unit is kept when the top of its interval
+    reaches the k-th largest bottom of all intervals. Ranking is by score (Δm / gap).
+    """
+    sign = 1.0 if gap >= 0 else -1.0
+    g_b = {u.name: sign * est["patch_in"][u.name][0] for u in units} if "patch_in" in est else {}
+    g_e = {u.name: sign * est["knockout"][u.name][0] for u in units} if "knockout" in est else {}
+    lo = {n: min(v for v in (g_b.get(n), g_e.get(n)) if v is not None) for n in (g_b or g_e)}
+    hi = {n: max(v for v in (g_b.get(n), g_e.get(n)) if v is not None) for n in (g_b or g_e)}
+    keep = set()
+    for point in (g_b, g_e):
+        if point:
+            keep |= set(sorted(point, key=lambda n: -point[n])[:k])
+    if lo:
+        kth = sorted(lo.values(), reverse=True)[min(k, len(lo)) - 1]
+        keep |= {n for n in hi if hi[n] >= kth}
+    return [u for u in units if u.name in keep]
+
+
+def measure_expert(setup, name: str, journal, bar) -> Optional[ExpertResult]:
+    """All measurements of one expert; returns the result on rank 0 (None elsewhere)."""
+    opts, runner, swapper, base = setup.opts, setup.runner, setup.swapper, setup.base
+    expert = setup.experts[name]
+    batches = setup.batches[name]
+    phases = opts.phases()
+    bar.stage(f"{name}: baselines")
+    bar.add_total(2)
+    b_stats = engine.measure_baseline(runner, batches)
+    with swapper.swapped_to(expert, base, setup.param_names):
+        e_stats = engine.measure_baseline(runner, batches)
+    bar.advance(2)
+    L = base.num_layers
+    layer = opts.anchor_layer if opts.anchor_layer is not None else engine.choose_anchor_layer(b_stats, e_stats, L)
+    anchor = engine.Anchor.between(b_stats, e_stats, layer)
+    same = {u.name: identical(base, expert, u) for u in setup.units}
+    todo = [u for u in setup.units if not same[u.name]]
+    result = ExpertResult(b_stats, e_stats, anchor, same, {p: {} for p in phases})
+
+    exact_units = todo
+    if opts.method in ("attribution", "hybrid"):
+        bar.stage(f"{name}: attribution")
+        want = phases if opts.method == "attribution" else ["patch_in", "knockout"]
+        est = _attribution(setup, name, todo, anchor, want)
+        for p in phases:
+            for u in todo:
+                result.deltas[p][u.name] = (*est[p][u.name], "attribution")
+        exact_units = select_for_exact(est, todo, opts.top_k, e_stats.m - b_stats.m) if opts.method == "hybrid" else []
+
+    hidden = int(base.config.get("hidden_size") or base.config.get("n_embd"))
+    elem = next(setup.model.parameters()).element_size()
+    groups = engine.group_batches(batches, runner, hidden, opts.cache_mb * 2 ** 20, elem)
+    mine = dist.shard(exact_units)
+    bar.add_total(len(mine) * len(groups) * len(phases))
+    local: Dict[str, Dict[str, Delta]] = {p: {} for p in phases}
+    m_b, m_e = b_stats.m, e_stats.m
+    a_b = result.a_base
+    for phase in phases:
+        bar.stage(f"{name}: {phase}")
+        done = lambda u, g, p=phase: journal.get(name, p, u, g)  # noqa: E731
+        record = lambda u, g, m, p=phase: journal.add(name, p, u, g, m)  # noqa: E731
+        if phase == "patch_in":
+            raw = engine.run_phase(runner, swapper, mine, expert, batches, groups, anchor, done, record, bar.tick)
+            for u, m in raw.items():
+                da = None if m.anchor_sum is None else m.anchor_sum / m.n - a_b
+                local[phase][u] = (m.lp_sum / m.n - m_b, da, "exact")
+        else:
+            with swapper.swapped_to(expert, base, setup.param_names):
+                raw = engine.run_phase(runner, swapper, mine, base, batches, groups, None, done, record, bar.tick)
+            for u, m in raw.items():
+                local[phase][u] = (m_e - m.lp_sum / m.n, None, "exact")
+    parts = dist.gather(local)
+    if dist.rank() != 0:
+        return None
+    for part in parts:
+        for phase, d in part.items():
+            result.deltas[phase].update(d)
+    return result
+
+
+def _attribution(setup, name: str, units: Sequence[Unit], anchor: engine.Anchor, phases: Sequence[str]
+                 ) -> Dict[str, Dict[str, Tuple[float, Optional[float]]]]:
+    """First-order Δm (and Δa for patch_in) of every unit, per phase."""
+    model, runner, swapper, base = setup.model, setup.runner, setup.swapper, setup.base
+    expert = setup.experts[name]
+    batches = setup.batches[name]
+    out: Dict[str, Dict[str, Tuple[float, Optional[float]]]] = {}
+    below = [u for u in units if u.layer <= anchor.layer]
+    if "patch_in" in phases:
+        gm, ga = gradients(model, runner, batches, anchor)
+        dm = unit_dots(units, alias(gm, swapper.params), base, expert)
+        da = unit_dots(below, alias(ga, swapper.params), base, expert) if ga is not None else {}
+        out["patch_in"] = {u.name: (dm[u.name], da.get(u.name)) for u in units}
+        del gm, ga
+    if "knockout" in phases:
+        with swapper.swapped_to(expert, base, setup.param_names):
+            gm, _ = gradients(model, runner, batches, None)
+        dm = unit_dots(units, alias(gm, swapper.params), base, expert)
+        out["knockout"] = {u.name: (dm[u.name], None) for u in units}
+    return out

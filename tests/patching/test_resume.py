@@ -1,0 +1,69 @@
+"""A killed scoring run resumes to the same bytes; runs are deterministic."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from helpers import make_model, noisy_expert, write_probes
+
+
+@pytest.fixture(scope="module")
+def job(tmp_path_factory):
+    d = tmp_path_factory.mktemp("resume")
+    base = make_model("llama", d / "base", seed=2, layers=4)
+    expert = noisy_expert(base, d / "e", seed=3, scale=0.05)
+    probes = write_probes(d / "p.jsonl", [(f"rev {'abcdefghij'[i % 10:]}{i}=", f"{i}x{i}") for i in range(24)])
+    args = ["--base", str(base), "--expert", f"x={expert}", "--probes", f"x={probes}", "--batch-size", "2",
+            "--cache-mb", "0", "--no-progress"]
+    return d, args
+
+
+def _score(args, out, extra=(), wait=True):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "mechmerge", "score", *args, "--out", str(out), *extra]
+    if wait:
+        return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def test_kill_and_resume_gives_the_uninterrupted_result(job, tmp_path):
+    d, args = job
+    ref = tmp_path / "ref.json"
+    assert _score(args, ref).returncode == 0
+    out = tmp_path / "killed.json"
+    journal = tmp_path / "killed.json.journal"
+    p = _score(args, out, wait=False)
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        if journal.exists() and journal.read_text().count("\n") > 40:
+            break
+        assert p.poll() is None, "run finished before it could be killed"
+        time.sleep(0.05)
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait()
+    assert not out.exists()  # nothing that looks finished
+    done = journal.read_text().count("\n") - 1
+    assert done > 0
+    r = _score(args, out, ["--resume"])
+    assert r.returncode == 0, r.stderr
+    assert out.read_bytes() == ref.read_bytes()
+    assert not journal.exists()
+
+
+def test_resume_refuses_a_journal_of_other_inputs(job, tmp_path):
+    d, args = job
+    out = tmp_path / "s.json"
+    (tmp_path / "s.json.journal").write_text('{"fingerprint": "something else"}\n')
+    r = _score(args, out, ["--resume"])
+    assert r.returncode == 2 and "journal" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_same_inputs_give_byte_identical_scores(job, tmp_path):
+    d, args = job
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    assert _score(args, a).returncode == 0
+    assert _score(args, b).returncode == 0
+    assert a.read_bytes() == b.read_bytes()
