@@ -50,8 +50,15 @@ def check_output(path: str | Path, force: bool, what: str = "output") -> Path:
             parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise UserError(f"cannot create directory {str(parent)!r} for {what}: {e.strerror}") from None
-    if not os.access(parent, os.W_OK):
-        raise UserError(f"cannot write {what} {str(p)!r}: directory {str(parent)!r} is not writable")
+    if not parent.is_dir():
+        raise UserError(f"cannot write {what} {str(p)!r}: {str(parent)!r} is not a directory")
+    # Try it: permission bits say nothing for root or read-only mounts.
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".mechmerge-write-test.", dir=parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise UserError(f"cannot write {what} {str(p)!r}: directory {str(parent)!r} is not writable ({e.strerror})") from None
     return p
 
 

@@ -180,7 +180,14 @@ def _read_header(fpath: Path) -> Dict:
 
 def _pickle_state(fpath: Path) -> Dict[str, torch.Tensor]:
     # weights_only=True refuses arbitrary objects: loading a checkpoint never runs code.
-    return torch.load(fpath, map_location="cpu", weights_only=True)
+    import pickle
+
+    try:
+        return torch.load(fpath, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UserError(f"{fpath}: refused by torch.load(weights_only=True), it holds more than tensors "
+                        f"or is damaged ({first[:120]})") from None
 
 
 def _index_pickle(path: Path, files: List[str]) -> Dict[str, TensorInfo]:

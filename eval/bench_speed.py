@@ -1,0 +1,196 @@
+"""Speed and memory of Weight Patching, side by side in one run on one machine.
+
+    python eval/bench_speed.py --base BASE --expert EXPERT --probes PROBES.jsonl [--max-probes 8] [--out DIR]
+
+Methods, each in its own subprocess so that peak RSS is its own:
+  naive        both models fully in memory; for every unit, copy the expert's weights
+               into the base and run the full Hugging Face forward (all logits), restore
+  exact        `mechmerge score --method exact` (suffix-only replay, streamed expert)
+  attribution  `mechmerge score --method attribution`
+  hybrid       `mechmerge score --method hybrid --top-k 10`
+and, on the same recipe, `mergekit-yaml` against `mechmerge merge`.
+
+Prints and writes (DIR/bench.md, DIR/bench.json) wall times, ratios, peak RSS,
+exact-vs-naive max score difference, and hybrid/attribution agreement with exact
+(Spearman and top-10 overlap).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def naive(args) -> dict:
+    """The straightforward loop: two models in memory, one full forward per unit."""
+    import torch
+
+    from mechmerge.models.checkpoint import Checkpoint
+    from mechmerge.models.load import load_model, load_tokenizer, param_order
+    from mechmerge.models.units import discover_units
+    from mechmerge.patching.swap import identical
+    from mechmerge.probes import load_probes, make_batches, pad_id_of, tokenize_all
+
+    r0 = rss_mb()
+    t0 = time.perf_counter()
+    base, expert = Checkpoint.open(args.base), Checkpoint.open(args.expert)
+    tok = load_tokenizer([base])
+    batches = make_batches(tokenize_all(load_probes(args.probes, limit=args.max_probes), tok, None),
+                           args.batch_size, pad_id_of(tok))
+    mb = load_model(base, torch.device("cpu"), torch.float32)
+    me = load_model(expert, torch.device("cpu"), torch.float32)
+    pb, pe = dict(mb.named_parameters()), dict(me.named_parameters())
+    units = discover_units(param_order(base), base.family, base.num_layers, "module")
+
+    def m_of(model) -> float:
+        lp, n = 0.0, 0
+        with torch.no_grad():
+            for b in batches:
+                logits = model(input_ids=b.input_ids, attention_mask=b.attention_mask).logits.float()
+                logp = torch.log_softmax(logits, -1)[b.rows, b.positions].gather(1, b.targets[:, None])
+                lp += float(logp.double().sum())
+                n += b.n_tokens
+        return lp / n
+
+    m_b, m_e = m_of(mb), m_of(me)
+    gap = m_e - m_b
+    scores = {}
+    for u in units:
+        if identical(base, expert, u):
+            scores[u.name] = {"patch_in": 0.0, "knockout": 0.0}
+            continue
+        row = {}
+        for direction, (dst, src) in {"patch_in": (pb, pe), "knockout": (pe, pb)}.items():
+            saved = {t: dst[t].data.clone() for t in u.tensors}
+            with torch.no_grad():
+                for t in u.tensors:
+                    dst[t].data.copy_(src[t].data)
+            model = mb if direction == "patch_in" else me
+            m = m_of(model)
+            with torch.no_grad():
+                for t in u.tensors:
+                    dst[t].data.copy_(saved[t])
+            row[direction] = (m - m_b) / gap if direction == "patch_in" else (m_e - m) / gap
+        scores[u.name] = row
+    return {"seconds": time.perf_counter() - t0, "peak_rss_mb": rss_mb(), "rss_before_mb": r0, "scores": scores,
+            "model_mb": sum(p.numel() * p.element_size() for p in mb.parameters()) / 2 ** 20}
+
+
+def mechmerge_score(args, method: str) -> dict:
+    from mechmerge.patching.score import ScoreOptions, score
+
+    r0 = rss_mb()
+    t0 = time.perf_counter()
+    out = Path(args.out) / f"scores-{method}.json"
+    data = score(ScoreOptions(base=args.base, experts={"x": args.expert}, probes={"x": args.probes}, out=str(out),
+                              method=method, top_k=10, max_probes=args.max_probes, batch_size=args.batch_size,
+                              force=True, progress=False))
+    mods = data["experts"]["x"]["modules"]
+    return {"seconds": time.perf_counter() - t0, "peak_rss_mb": rss_mb(), "rss_before_mb": r0,
+            "scores": {u: {"patch_in": s["patch_in"], "knockout": s["knockout"]} for u, s in mods.items()},
+            "exact_units": sum(s["method"] == "exact" for s in mods.values())}
+
+
+def child(args) -> None:
+    fn = {"naive": naive, "exact": lambda a: mechmerge_score(a, "exact"),
+          "attribution": lambda a: mechmerge_score(a, "attribution"),
+          "hybrid": lambda a: mechmerge_score(a, "hybrid")}[args.only]
+    res = fn(args)
+    Path(args.out, f"{args.only}.json").write_text(json.dumps(res))
+
+
+def spearman(a, b) -> float:
+    import numpy as np
+
+    ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def agreement(ref: dict, other: dict, key: str, k: int = 10) -> dict:
+    units = list(ref)
+    a = [ref[u][key] for u in units]
+    b = [other[u][key] for u in units]
+    top = lambda v: set(sorted(units, key=lambda u: -v[units.index(u)])[:k])  # noqa: E731
+    return {"spearman": spearman(a, b), f"top{k}_overlap": len(top(a) & top(b)),
+            "max_abs_diff": max(abs(x - y) for x, y in zip(a, b))}
+
+
+def time_merge(args) -> dict:
+    """mergekit-yaml vs mechmerge merge on the same recipe (both as fresh processes)."""
+    recipe = Path(args.out) / "bench-recipe.yaml"
+    scores = Path(args.out) / "scores-exact.json"
+    subprocess.run([sys.executable, "-m", "mechmerge", "recipe", str(scores), "--out", str(recipe), "--strategy",
+                    "share", "--force"], check=True, capture_output=True)
+    times = {}
+    exe = Path(sys.executable).with_name("mergekit-yaml")
+    for name, cmd in {"mergekit-yaml": [str(exe), str(recipe), str(Path(args.out) / "m1")],
+                      "mechmerge merge": [sys.executable, "-m", "mechmerge", "merge", str(recipe), "--out",
+                                          str(Path(args.out) / "m2")]}.items():
+        best = None
+        for _ in range(args.merge_repeats):
+            subprocess.run(["rm", "-rf", cmd[-1]], check=True)
+            t0 = time.perf_counter()
+            subprocess.run(cmd, check=True, capture_output=True)
+            dt = time.perf_counter() - t0
+            best = dt if best is None else min(best, dt)
+        times[name] = best
+    times["overhead"] = times["mechmerge merge"] / times["mergekit-yaml"] - 1
+    return times
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--base", required=True)
+    ap.add_argument("--expert", required=True)
+    ap.add_argument("--probes", required=True)
+    ap.add_argument("--max-probes", type=int, default=8)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--out", default="results/bench")
+    ap.add_argument("--methods", default="naive,exact,attribution,hybrid")
+    ap.add_argument("--merge-repeats", type=int, default=3)
+    ap.add_argument("--only", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    if args.only:
+        return child(args)
+    res = {}
+    for m in args.methods.split(","):
+        print(f"running {m} ...", file=sys.stderr, flush=True)
+        cmd = [sys.executable, __file__, "--only", m] + [x for a, v in vars(args).items() if a != "only" and v
+                                                          for x in (f"--{a.replace('_', '-')}", str(v))]
+        subprocess.run(cmd, check=True)
+        res[m] = json.loads(Path(args.out, f"{m}.json").read_text())
+        print(f"  {m}: {res[m]['seconds']:.1f} s, peak RSS {res[m]['peak_rss_mb']:.0f} MB", file=sys.stderr)
+    report = {"machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+                          "torch_threads": int(os.environ.get("OMP_NUM_THREADS", "0")) or None},
+              "settings": {"max_probes": args.max_probes, "batch_size": args.batch_size}, "methods": {}}
+    for m, r in res.items():
+        report["methods"][m] = {k: v for k, v in r.items() if k != "scores"}
+    if "exact" in res:
+        for m in res:
+            if m != "exact":
+                report["methods"][m]["vs_exact"] = {k: agreement(res["exact"]["scores"], res[m]["scores"], k)
+                                                    for k in ("patch_in", "knockout")}
+                report["methods"][m]["speedup_vs_exact"] = res["exact"]["seconds"] / res[m]["seconds"]
+        if "naive" in res:
+            report["methods"]["exact"]["speedup_vs_naive"] = res["naive"]["seconds"] / res["exact"]["seconds"]
+        report["merge"] = time_merge(args)
+    Path(args.out, "bench.json").write_text(json.dumps(report, indent=1))
+    print(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()
