@@ -100,7 +100,11 @@ def _head_units(unit: Unit, family: Family, config: dict, params: set) -> List[U
     att = family.attention
     primary = att["q"] if att["layout"] == "separate" else att["qkv"]
     if unit.kind != primary:
-        owned = {att.get(k) for k in ("q", "k", "v", "o", "qkv")}
+        if unit.kind == att["o"]:
+            # the output bias is added after the heads are summed: it belongs to no head
+            bias = tuple(s for s in unit.slices if s.tensor.endswith(".bias"))
+            return [Unit(unit.name, unit.layer, unit.kind, unit.category, bias)] if bias else []
+        owned = {att.get(k) for k in ("q", "k", "v", "qkv")}
         return [] if unit.kind in owned else [unit]
     n_heads = int(config.get("num_attention_heads") or config.get("n_head"))
     n_kv = int(config.get("num_key_value_heads") or n_heads)
