@@ -37,6 +37,9 @@ class Baseline:
     n: int = 0
     layer_sums: List[torch.Tensor] = field(default_factory=list)  # per batch: [L, H] Σh at response positions
     sq_norm: Optional[torch.Tensor] = None  # [L] Σ‖h‖²
+    # per probe, for --bootstrap only: Σ log p [P] and Σh per block [P, L, H]
+    lp_probe: Optional[torch.Tensor] = None
+    layer_probe: Optional[torch.Tensor] = None
 
     @property
     def m(self) -> float:
@@ -46,21 +49,36 @@ class Baseline:
         return torch.stack(self.layer_sums).sum(0) / self.n  # [L, H]
 
 
-def measure_baseline(runner: LayerRunner, batches: Sequence[ProbeBatch]) -> Baseline:
-    """One full pass: m(θ) plus per-block mean states for anchor selection."""
+def per_probe(values: torch.Tensor, batch: ProbeBatch, n_probes: int) -> torch.Tensor:
+    """Sum token values [N, ...] into their probes: [n_probes, ...] (float64, CPU)."""
+    out = torch.zeros((n_probes, *values.shape[1:]), dtype=torch.float64)
+    return out.index_add_(0, batch.probe_index.cpu(), values.double().cpu())
+
+
+def measure_baseline(runner: LayerRunner, batches: Sequence[ProbeBatch], n_probes: int = 0) -> Baseline:
+    """One full pass: m(θ) plus per-block mean states for anchor selection.
+
+    With n_probes > 0 also the per-probe sums that --bootstrap resamples."""
     b = Baseline()
     with torch.no_grad():
         for batch in batches:
             tr = runner.trace(batch)
-            b.lp_sum += float(runner.response_logprobs(tr.inputs[-1], batch).double().sum())
+            lp = runner.response_logprobs(tr.inputs[-1], batch)
+            b.lp_sum += float(lp.double().sum())
             b.n += batch.n_tokens
-            sums, sq = [], []
+            sums, sq, probe_sums = [], [], []
             for h in tr.inputs[1:]:  # block outputs, one at a time to bound memory
                 states = runner.response_states(h, batch).double()  # [N, H]
                 sums.append(states.sum(0))
                 sq.append((states ** 2).sum())
+                if n_probes:
+                    probe_sums.append(per_probe(states, batch, n_probes))
             b.layer_sums.append(torch.stack(sums))
             b.sq_norm = torch.stack(sq) if b.sq_norm is None else b.sq_norm + torch.stack(sq)
+            if n_probes:
+                lp_p, lay_p = per_probe(lp, batch, n_probes), torch.stack(probe_sums, 1)
+                b.lp_probe = lp_p if b.lp_probe is None else b.lp_probe + lp_p
+                b.layer_probe = lay_p if b.layer_probe is None else b.layer_probe + lay_p
     return b
 
 
@@ -101,6 +119,10 @@ class Anchor:
         """a(θ) from a baseline's per-batch sums, summed batch by batch like patched runs."""
         return sum(float(s[self.layer] @ self.v) for s in bl.layer_sums) / bl.n
 
+    def per_probe(self, bl: Baseline) -> Optional[torch.Tensor]:
+        """Σ ⟨h, v⟩ of each probe [P] (bootstrap runs only)."""
+        return None if bl.layer_probe is None else bl.layer_probe[:, self.layer] @ self.v
+
 
 @dataclass(frozen=True)
 class Measurement:
@@ -109,6 +131,8 @@ class Measurement:
     lp_sum: float
     n: int
     anchor_sum: Optional[float]  # Σ_batches ⟨Σh, v⟩, None when the unit sits above the anchor
+    lp_probe: Optional[Tuple[float, ...]] = None  # per probe Σ log p (--bootstrap), zeros outside the group
+    a_probe: Optional[Tuple[float, ...]] = None  # per probe Σ ⟨h, v⟩ (--bootstrap)
 
 
 def measure_unit(
@@ -118,19 +142,31 @@ def measure_unit(
     source: Checkpoint,
     traces: Sequence[Trace],
     anchor: Optional[Anchor],
+    n_probes: int = 0,
 ) -> Measurement:
-    """Patch `unit` from `source`, run the affected suffix on every trace, restore."""
+    """Patch `unit` from `source`, run the affected suffix on every trace, restore.
+
+    With n_probes > 0 the sums are also kept per probe, for --bootstrap."""
     capture = anchor.layer if anchor is not None and unit.layer <= anchor.layer else None
     lp, n, a_sum = 0.0, 0, 0.0
+    lp_p = torch.zeros(n_probes, dtype=torch.float64)
+    a_p = torch.zeros(n_probes, dtype=torch.float64)
     with torch.no_grad(), swapper.patched([unit], source):
         for tr in traces:
             final, mid = runner.run_from(tr, unit.layer, capture=capture)
-            lp += float(runner.response_logprobs(final, tr.batch).double().sum())
+            tok_lp = runner.response_logprobs(final, tr.batch)
+            lp += float(tok_lp.double().sum())
             n += tr.batch.n_tokens
+            if n_probes:
+                lp_p += per_probe(tok_lp, tr.batch, n_probes)
             if capture is not None:
                 states = runner.response_states(mid, tr.batch).double()
                 a_sum += float(states.sum(0) @ anchor.v)  # type: ignore[union-attr]
-    return Measurement(lp, n, a_sum if capture is not None else None)
+                if n_probes:
+                    a_p += per_probe(states @ anchor.v, tr.batch, n_probes)  # type: ignore[union-attr]
+    probe = tuple(lp_p.tolist()) if n_probes else None
+    a_probe = tuple(a_p.tolist()) if n_probes and capture is not None else None
+    return Measurement(lp, n, a_sum if capture is not None else None, probe, a_probe)
 
 
 def group_batches(batches: Sequence[ProbeBatch], runner: LayerRunner, hidden: int, budget_bytes: int,
@@ -162,6 +198,7 @@ def run_phase(
     done: Callable[[str, int], Optional[Measurement]],
     record: Callable[[str, int, Measurement], None],
     tick: Callable[[], None] = lambda: None,
+    n_probes: int = 0,
 ) -> Dict[str, Measurement]:
     """Measure every unit on every group, skipping (unit, group) jobs already `done`.
 
@@ -181,7 +218,7 @@ def run_phase(
         with torch.no_grad():
             traces = [runner.trace(batches[i]) for i in idx]
         for u in todo:
-            m = measure_unit(runner, swapper, u, source, traces, anchor)
+            m = measure_unit(runner, swapper, u, source, traces, anchor, n_probes)
             per_group[(u.name, g)] = m
             record(u.name, g, m)
             tick()
@@ -194,8 +231,17 @@ def run_phase(
         for p in parts:
             lp += p.lp_sum
             a = None if p.anchor_sum is None or a is None else a + p.anchor_sum
-        out[u.name] = Measurement(lp, sum(p.n for p in parts), a)
+        out[u.name] = Measurement(lp, sum(p.n for p in parts), a, _add(p.lp_probe for p in parts),
+                                  _add(p.a_probe for p in parts))
     return out
+
+
+def _add(vectors) -> Optional[Tuple[float, ...]]:
+    """Elementwise sum of per-probe vectors (each probe lives in one group)."""
+    vs = list(vectors)
+    if not vs or any(v is None for v in vs):
+        return None
+    return tuple(float(sum(col)) for col in zip(*vs))
 
 
 def safe_ratio(num: float, den: float) -> float:

@@ -28,6 +28,8 @@ class ExpertResult:
     anchor: engine.Anchor
     same: Dict[str, bool]
     deltas: Dict[str, Dict[str, Delta]] = field(default_factory=dict)  # phase -> unit -> Delta
+    raw: Dict[str, Dict[str, engine.Measurement]] = field(default_factory=dict)  # exact runs, for --bootstrap
+    tokens_per_probe: Optional[List[int]] = None
 
     @property
     def a_base(self) -> float:
@@ -71,16 +73,23 @@ def measure_expert(setup, name: str, journal, bar) -> Optional[ExpertResult]:
     phases = opts.phases()
     bar.stage(f"{name}: baselines")
     bar.add_total(2)
-    b_stats = engine.measure_baseline(runner, batches)
+    n_probes = setup.n_probes[name] if opts.bootstrap else 0
+    b_stats = engine.measure_baseline(runner, batches, n_probes)
     with swapper.swapped_to(expert, base, setup.param_names):
-        e_stats = engine.measure_baseline(runner, batches)
+        e_stats = engine.measure_baseline(runner, batches, n_probes)
     bar.advance(2)
     L = base.num_layers
     layer = opts.anchor_layer if opts.anchor_layer is not None else engine.choose_anchor_layer(b_stats, e_stats, L)
     anchor = engine.Anchor.between(b_stats, e_stats, layer)
     same = {u.name: identical(base, expert, u) for u in setup.units}
     todo = [u for u in setup.units if not same[u.name]]
-    result = ExpertResult(b_stats, e_stats, anchor, same, {p: {} for p in phases})
+    result = ExpertResult(b_stats, e_stats, anchor, same, {p: {} for p in phases}, {p: {} for p in phases})
+    if n_probes:
+        counts = [0] * n_probes
+        for b in batches:
+            for i in b.probe_index.tolist():
+                counts[i] += 1
+        result.tokens_per_probe = counts
 
     exact_units = todo
     if opts.method in ("attribution", "hybrid"):
@@ -98,6 +107,7 @@ def measure_expert(setup, name: str, journal, bar) -> Optional[ExpertResult]:
     mine = dist.shard(exact_units)
     bar.add_total(len(mine) * len(groups) * len(phases))
     local: Dict[str, Dict[str, Delta]] = {p: {} for p in phases}
+    local_raw: Dict[str, Dict[str, engine.Measurement]] = {p: {} for p in phases}
     m_b, m_e = b_stats.m, e_stats.m
     a_b = result.a_base
     for phase in phases:
@@ -105,21 +115,26 @@ def measure_expert(setup, name: str, journal, bar) -> Optional[ExpertResult]:
         done = lambda u, g, p=phase: journal.get(name, p, u, g)  # noqa: E731
         record = lambda u, g, m, p=phase: journal.add(name, p, u, g, m)  # noqa: E731
         if phase == "patch_in":
-            raw = engine.run_phase(runner, swapper, mine, expert, batches, groups, anchor, done, record, bar.tick)
+            raw = engine.run_phase(runner, swapper, mine, expert, batches, groups, anchor, done, record, bar.tick,
+                                   n_probes)
             for u, m in raw.items():
                 da = None if m.anchor_sum is None else m.anchor_sum / m.n - a_b
                 local[phase][u] = (m.lp_sum / m.n - m_b, da, "exact")
         else:
             with swapper.swapped_to(expert, base, setup.param_names):
-                raw = engine.run_phase(runner, swapper, mine, base, batches, groups, None, done, record, bar.tick)
+                raw = engine.run_phase(runner, swapper, mine, base, batches, groups, None, done, record, bar.tick,
+                                       n_probes)
             for u, m in raw.items():
                 local[phase][u] = (m_e - m.lp_sum / m.n, None, "exact")
-    parts = dist.gather(local)
+        if n_probes:
+            local_raw[phase] = raw
+    parts = dist.gather((local, local_raw))
     if dist.rank() != 0:
         return None
-    for part in parts:
-        for phase, d in part.items():
-            result.deltas[phase].update(d)
+    for deltas, raws in parts:
+        for phase in phases:
+            result.deltas[phase].update(deltas[phase])
+            result.raw[phase].update(raws[phase])
     return result
 
 

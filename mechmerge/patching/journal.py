@@ -49,7 +49,8 @@ class Journal:
                 r = json.loads(line)
             except json.JSONDecodeError:
                 continue  # the line being written when the run was killed
-            self.records[(r["e"], r["p"], r["u"], r["g"])] = Measurement(r["lp"], r["n"], r["a"])
+            self.records[(r["e"], r["p"], r["u"], r["g"])] = Measurement(
+                r["lp"], r["n"], r["a"], _tup(r.get("lpp")), _tup(r.get("ap")))
 
     def _write(self, obj) -> None:
         self._f.write(json.dumps(obj) + "\n")
@@ -60,9 +61,16 @@ class Journal:
 
     def add(self, expert: str, phase: str, unit: str, group: int, m: Measurement) -> None:
         self.records[(expert, phase, unit, group)] = m
-        self._write({"e": expert, "p": phase, "u": unit, "g": group, "lp": m.lp_sum, "n": m.n, "a": m.anchor_sum})
+        rec = {"e": expert, "p": phase, "u": unit, "g": group, "lp": m.lp_sum, "n": m.n, "a": m.anchor_sum}
+        if m.lp_probe is not None:
+            rec["lpp"], rec["ap"] = m.lp_probe, m.a_probe
+        self._write(rec)
 
     def close(self, remove: bool) -> None:
         self._f.close()
         if remove:
             os.unlink(self.path)
+
+
+def _tup(v):
+    return None if v is None else tuple(v)

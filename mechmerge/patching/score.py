@@ -54,6 +54,8 @@ class ScoreOptions(Options):
     cache_mb: int = field(default=2048, metadata=opt("Memory for cached block inputs; more means fewer full passes."))
     seed: int = field(default=0, metadata=opt("Random seed (attribution sampling, bootstrap)."))
     min_gap: float = field(default=0.01, metadata=opt("m(E)-m(B) (nats/token) below which an expert is flagged unreliable."))
+    bootstrap: int = field(default=0, metadata=opt("Bootstrap replicates over probes for confidence intervals (0: none)."))
+    ci_level: float = field(default=0.95, metadata=opt("Confidence level of the bootstrap intervals."))
     check_finite: bool = field(default=True, metadata=opt("Read every expert tensor once up front to reject NaN/Inf and truncated files."))
     resume: bool = field(default=False, metadata=opt("Continue a killed run from its journal (OUT.journal)."))
     force: bool = field(default=False, metadata=opt("Overwrite an existing output file."))
@@ -187,6 +189,14 @@ def assemble(setup: Setup, results: Dict[str, ExpertResult]) -> Dict[str, Any]:
         warnings = [] if reliable else [
             f"expert is not better than the base on its probes (m(E)-m(B) = {gap:.4g} nats/token <= {opts.min_gap}); "
             "its scores are unreliable"]
+        ci = {}
+        if opts.bootstrap:
+            import numpy as np
+
+            from .bootstrap import intervals
+
+            ci = intervals(r, np.asarray(r.tokens_per_probe, dtype=np.float64), opts.bootstrap, opts.seed,
+                           opts.ci_level, opts.phases(), [u.name for u in setup.units])
         mods = {}
         for u in setup.units:
             below = u.layer <= r.anchor.layer
@@ -203,6 +213,8 @@ def assemble(setup: Setup, results: Dict[str, ExpertResult]) -> Dict[str, Any]:
                 entry["method"] = method
                 if phase == "patch_in" and below and da is not None:
                     entry["anchor"] = engine.safe_ratio(da, a_e - a_b)
+            if opts.bootstrap:
+                entry["ci"] = ci.get(u.name, {})
             mods[u.name] = entry
         experts[name] = {
             "model": opts.experts[name],
@@ -214,6 +226,7 @@ def assemble(setup: Setup, results: Dict[str, ExpertResult]) -> Dict[str, Any]:
                          "anchor_base": a_b, "anchor_expert": a_e},
             "reliable": reliable,
             "warnings": warnings,
+            **({"bootstrap": {"replicates": opts.bootstrap, "level": opts.ci_level}} if opts.bootstrap else {}),
             "modules": mods,
         }
     return {

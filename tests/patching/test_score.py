@@ -98,3 +98,28 @@ def test_unreliable_expert_is_flagged(family_base, probes_file, tmp_path):
     e = data["experts"]["x"]
     assert not e["reliable"] and "unreliable" in e["warnings"][0]
     assert all(s["patch_in"] == 0.0 for s in e["modules"].values())
+
+
+def test_bootstrap_intervals(planted, probes_file, tmp_path):
+    fam, base, expert, units = planted
+    if fam not in ("llama", "gpt2"):
+        pytest.skip("two families are enough")
+    plain = score(_opts(base, expert, probes_file, tmp_path / "a.json"))
+    boot = score(_opts(base, expert, probes_file, tmp_path / "b.json", bootstrap=200))
+    pm, bm = plain["experts"]["x"]["modules"], boot["experts"]["x"]["modules"]
+    assert boot["experts"]["x"]["bootstrap"] == {"replicates": 200, "level": 0.95}
+    inside = total = 0
+    for u in pm:
+        for key in ("patch_in", "knockout", "anchor"):
+            assert pm[u][key] == bm[u][key]  # the point estimates do not change
+            iv = bm[u]["ci"].get(key)
+            if pm[u]["identical"]:
+                assert iv in (None, [0.0, 0.0])
+                continue
+            if pm[u][key] is None:
+                assert iv is None
+                continue
+            assert iv[0] <= iv[1]
+            total += 1
+            inside += iv[0] <= pm[u][key] <= iv[1]
+    assert total >= 4 and inside >= 0.75 * total
