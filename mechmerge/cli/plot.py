@@ -1,0 +1,37 @@
+import json
+from pathlib import Path
+
+import click
+
+from ..errors import UserError
+
+
+@click.command()
+@click.argument("file", type=click.Path())
+@click.option("--out", "out_dir", default=None, help="Folder for the PNGs (default: next to FILE).")
+def plot(file, out_dir):
+    """Draw a scores file (heatmap per expert: layer x module type) or a track file
+    (how the top units move across checkpoints)."""
+    p = Path(file)
+    if not p.is_file():
+        raise UserError(f"{file!r} not found")
+    try:
+        data = json.loads(p.read_text())
+    except json.JSONDecodeError as e:
+        raise UserError(f"{file}: not JSON ({e.msg})") from None
+    out = Path(out_dir) if out_dir else p.parent
+    fmt = data.get("format") if isinstance(data, dict) else None
+    if fmt == "mechmerge.scores":
+        from ..report.heatmap import plot_scores
+        from ..scores import validate_scores
+
+        validate_scores(data, file)
+        paths = plot_scores(data, out)
+    elif fmt == "mechmerge.track":
+        from ..report.track import plot_track
+
+        paths = [plot_track(data, out)]
+    else:
+        raise UserError(f"{file}: expected a mechmerge scores or track file, got format {fmt!r}")
+    for path in paths:
+        click.echo(str(path))

@@ -1,0 +1,1 @@
+"""Plots and tables for scores, tracks and comparisons."""

@@ -1,0 +1,75 @@
+"""Heatmaps of scores by layer x module type, one PNG per expert.
+
+Rows are the module kinds inside a decoder block, in model order (e.g.
+self_attn.q_proj ... mlp.down_proj); columns are blocks. Units outside the blocks
+(embeddings, final norm, lm_head) get a strip of their own on the right. Read it for
+the hierarchy the Weight Patching paper describes: shallow source-side carriers,
+then aggregation/routing modules, then downstream execution.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict, List
+
+import numpy as np
+
+KEYS = ("patch_in", "knockout", "anchor")
+
+
+def grid(data: Dict[str, Any], expert: str, key: str):
+    """(matrix [kinds, layers] with NaN for missing, kinds, layers, outside {unit: value})."""
+    units = data["units"]
+    mods = data["experts"][expert]["modules"]
+    kinds: List[str] = []
+    layers = sorted({u["layer"] for u in units.values() if 0 <= u["layer"]} - {max(u["layer"] for u in units.values())})
+    for name, u in units.items():
+        if u["layer"] in layers and u["kind"] not in kinds:
+            kinds.append(u["kind"])
+    mat = np.full((len(kinds), len(layers)), np.nan)
+    outside = {}
+    for name, u in units.items():
+        v = mods[name].get(key)
+        if u["layer"] in layers:
+            mat[kinds.index(u["kind"]), layers.index(u["layer"])] = np.nan if v is None else v
+        else:
+            outside[name] = np.nan if v is None else v
+    return mat, kinds, layers, outside
+
+
+def plot_scores(data: Dict[str, Any], out_dir: Path, keys=KEYS) -> List[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    keys = [k for k in keys if any(s.get(k) is not None for e in data["experts"].values() for s in e["modules"].values())]
+    for expert, e in data["experts"].items():
+        fig, axes = plt.subplots(1, len(keys), figsize=(5.5 * len(keys), 0.35 * 14 + 2), squeeze=False)
+        for ax, key in zip(axes[0], keys):
+            mat, kinds, layers, outside = grid(data, expert, key)
+            full = np.concatenate([mat, np.full((len(kinds), 1), np.nan)], 1)
+            lim = np.nanmax(np.abs(np.concatenate([mat.ravel(), list(outside.values())]))) if mat.size else 1.0
+            lim = lim if np.isfinite(lim) and lim > 0 else 1.0
+            im = ax.imshow(full, aspect="auto", cmap="RdBu_r", vmin=-lim, vmax=lim, interpolation="nearest")
+            ax.set_yticks(range(len(kinds)), kinds, fontsize=7)
+            ax.set_xticks(range(0, len(layers), max(1, len(layers) // 10)),
+                          [str(layers[i]) for i in range(0, len(layers), max(1, len(layers) // 10))], fontsize=7)
+            ax.set_xlabel("layer")
+            # the units outside the blocks, written in the spare column
+            for i, (name, v) in enumerate(outside.items()):
+                if i < len(kinds):
+                    ax.text(len(layers), i, f"{name.split('.')[-1]} {v:+.2f}" if np.isfinite(v) else name.split(".")[-1],
+                            fontsize=6, va="center", ha="center", rotation=0)
+            ax.set_title(f"{key}")
+            fig.colorbar(im, ax=ax, fraction=0.04)
+        rel = "" if e.get("reliable", True) else " (UNRELIABLE)"
+        fig.suptitle(f"{expert}{rel}: Weight Patching scores by layer and module")
+        fig.tight_layout()
+        path = out_dir / f"heatmap-{expert}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        paths.append(path)
+    return paths
