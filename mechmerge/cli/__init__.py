@@ -25,6 +25,7 @@ COMMANDS = {
     "publish": "publish:publish",
     "plot": "plot:plot",
     "track": "track:track",
+    "conflict": "conflict:conflict",
     "zoo": "zoo:zoo",
     "demo": "demo:demo",
     "import-gguf": "import_gguf:import_gguf",

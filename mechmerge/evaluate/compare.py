@@ -18,7 +18,7 @@ import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -96,16 +96,19 @@ class Harness:
                 method_param={"density": str(d), "lambda": str(lam)})) for d, lam in SPARSE_GRID[:N]]
         for name in self.guided():
             out[f"guided:{name}"] = self._guided(combo, name)
+        # controls: the default strategy driven by a random or a magnitude-only unit choice
+        for control in ("random", "magnitude"):
+            out[f"control:{control}"] = self._guided(combo, DEFAULT.strategy, score=control)
         return out
 
     def guided(self) -> List[str]:
         return list(self.opts.strategies_) or [s for s in strategies.STRATEGIES if s != "uniform"]
 
-    def _guided(self, combo, name: str) -> List[Candidate]:
+    def _guided(self, combo, name: str, score: Optional[str] = None) -> List[Candidate]:
         """The strategy's top-N calibrations on the scoring probes (N = candidates)."""
-        key = f"calib|{'+'.join(combo)}|{name}"
+        key = f"calib|{'+'.join(combo)}|{name}|{score or 'default'}"
         if key not in self.cache:
-            score = DEFAULT.score if name == DEFAULT.strategy else "patch_in"
+            score = score or (DEFAULT.score if name == DEFAULT.strategy else "patch_in")
             ro = RecipeOptions(scores=str(self.out / "scores.json"), out="", experts=tuple(combo), strategy=name,
                                score=score, calibrate=True, progress=False, seed=self.opts.seed,
                                param={k: str(v) for k, v in (DEFAULT.params if name == DEFAULT.strategy else {}).items()})

@@ -49,7 +49,11 @@ def summarize(results: Dict[str, Dict[str, Any]], suite, default: str) -> Dict[s
         claim = {"default": default, "best_baseline": best, "margin": margin, "worst_combination": min(diffs.values()),
                  "per_combination": diffs,
                  "holds": bool(margin >= CLAIM_MARGIN and min(diffs.values()) >= CLAIM_WORST)}
-    return {"methods": rows, "claim": claim}
+    controls = None
+    if default in rows:
+        controls = {c: {"mean": rows[c]["mean"], "beaten": bool(rows[default]["mean"] > rows[c]["mean"])}
+                    for c in rows if c.startswith("control:")}
+    return {"methods": rows, "claim": claim, "controls": controls}
 
 
 def markdown(data: Dict[str, Any]) -> str:
@@ -71,6 +75,14 @@ def markdown(data: Dict[str, Any]) -> str:
         lines += ["", f"Claim ({c['default']} beats the best tuned uniform baseline, {c['best_baseline']}, by >= 3 "
                       f"points on the mean and is never > 2 points worse): **{verdict}** — margin "
                       f"{100 * c['margin']:+.1f} points, worst combination {100 * c['worst_combination']:+.1f} points."]
+    ctl = s.get("controls")
+    if ctl and c:
+        parts = [f"{k.split(':')[1]} {v['mean']:.3f}" for k, v in ctl.items()]
+        beaten = all(v["beaten"] for v in ctl.values())
+        lines += ["", f"Controls (the default strategy on a unit choice of the same size that is random, or by "
+                      f"task-vector magnitude alone): {', '.join(parts)} vs mechanism "
+                      f"{rows[c['default']]['mean']:.3f}: the mechanism "
+                      + ("beats both controls." if beaten else "**does not beat its controls**.")]
     return "\n".join(lines) + "\n"
 
 

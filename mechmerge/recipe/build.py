@@ -19,7 +19,7 @@ from ..options import Options, opt
 from ..scores import read_scores, scores_sha256
 from . import strategies
 from .defaults import DEFAULT
-from .view import SCORE_KEYS, ScoreView
+from .view import CONTROL_KEYS, SCORE_KEYS, ScoreView
 from .writer import build_config, check_resolution, to_yaml
 
 
@@ -30,7 +30,8 @@ class RecipeOptions(Options):
     strategy: Optional[str] = field(default=None, metadata=opt(
         f"Strategy (default: {DEFAULT.strategy}); see the list below."))
     score: Optional[str] = field(default=None, metadata=opt(
-        f"Score that drives the weights: {', '.join(SCORE_KEYS)} (default: {DEFAULT.score})."))
+        f"Score that drives the weights: {', '.join(SCORE_KEYS)} (default: {DEFAULT.score}); or a control: "
+        f"{', '.join(CONTROL_KEYS)}."))
     method: str = field(default="task_arithmetic", metadata=opt(
         f"mergekit method: {', '.join(engine.SUPPORTED_METHODS)}."))
     param: Dict[str, str] = field(default_factory=dict, metadata=opt(
@@ -105,7 +106,7 @@ def make_recipe(opts: RecipeOptions, data: Optional[Dict[str, Any]] = None, writ
     data = data if data is not None else read_scores(opts.scores)
     strat = strategies.get(opts.strategy or DEFAULT.strategy)
     key = opts.score or (DEFAULT.score if opts.strategy in (None, DEFAULT.strategy) else "patch_in")
-    view = ScoreView.from_scores(data, key)
+    view = ScoreView.from_scores(data, key, seed=opts.seed)
     if opts.experts:
         view = view.subset(list(opts.experts))
     user_params = strat.coerce(dict(opts.param))

@@ -10,6 +10,8 @@ import numpy as np
 from ..errors import unknown
 
 SCORE_KEYS = ("patch_in", "knockout", "anchor", "mean")
+# Controls: the same strategy driven by something other than the mechanism.
+CONTROL_KEYS = ("magnitude", "random")
 
 
 @dataclass(frozen=True)
@@ -27,7 +29,8 @@ class ScoreView:
 
     `key` says which score drove it: patch_in, knockout, anchor (units above the
     anchor layer fall back to patch_in) or mean (of patch_in and knockout, whichever
-    were measured). Missing numbers are 0.
+    were measured). Missing numbers are 0. The controls replace the scores with the
+    task vector's norm per unit (magnitude) or with uniform noise (random, seeded).
     """
 
     units: List[UnitInfo]
@@ -35,16 +38,32 @@ class ScoreView:
     scores: Dict[str, np.ndarray]
     key: str
     reliable: Dict[str, bool]
+    data: dict
 
     @classmethod
-    def from_scores(cls, data: dict, key: str = "patch_in") -> "ScoreView":
-        if key not in SCORE_KEYS:
-            raise unknown("score", key, SCORE_KEYS)
+    def from_scores(cls, data: dict, key: str = "patch_in", seed: int = 0) -> "ScoreView":
+        if key not in SCORE_KEYS + CONTROL_KEYS:
+            raise unknown("score", key, SCORE_KEYS + CONTROL_KEYS)
         units = [UnitInfo(n, u["layer"], u["kind"], u["category"], u.get("params", 0)) for n, u in data["units"].items()]
-        scores = {}
-        for name, e in data["experts"].items():
-            scores[name] = np.array([_pick(e["modules"][u.name], key) for u in units], dtype=np.float64)
-        return cls(units, list(data["experts"]), scores, key, {n: bool(e.get("reliable", True)) for n, e in data["experts"].items()})
+        names = list(data["experts"])
+        if key == "magnitude":
+            from .taskvectors import magnitudes
+
+            scores = magnitudes(data, names)
+        elif key == "random":
+            rng = np.random.default_rng(seed)
+            scores = {n: rng.random(len(units)) for n in names}
+        else:
+            scores = {n: np.array([_pick(data["experts"][n]["modules"][u.name], key) for u in units], dtype=np.float64)
+                      for n in names}
+        return cls(units, names, scores, key, {n: bool(e.get("reliable", True)) for n, e in data["experts"].items()},
+                   data)
+
+    def cosines(self) -> np.ndarray:
+        """[units, experts, experts] cosine of the experts' task vectors on each unit."""
+        from .taskvectors import cosines
+
+        return cosines(self.data, self.experts)
 
     def matrix(self) -> np.ndarray:
         """[experts, units]"""
@@ -55,7 +74,7 @@ class ScoreView:
             if e not in self.scores:
                 raise unknown("expert", e, self.experts)
         return ScoreView(self.units, list(experts), {e: self.scores[e] for e in experts}, self.key,
-                         {e: self.reliable[e] for e in experts})
+                         {e: self.reliable[e] for e in experts}, self.data)
 
 
 def _pick(s: dict, key: str) -> float:

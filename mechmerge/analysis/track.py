@@ -1,0 +1,112 @@
+"""`mechmerge track`: how the units that carry a behaviour move during fine-tuning.
+
+Every checkpoint is scored as an expert against the base on the same probes. Between
+consecutive checkpoints (i -> j):
+  distance      1 − Jaccard(top-K_i, top-K_j): overall, among attention units, among MLP units
+  stability     Spearman correlation of the full patch_in vectors
+  faithfulness  recovery of checkpoint j's behaviour by patching top-K_i from j into the
+                base (1.0: the earlier map still explains the later model), next to
+                top-K_j itself and the two same-size controls (random, largest ‖E − B‖)
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Literal, Optional
+
+import numpy as np
+
+from ..errors import UserError
+from ..io import atomic_write_text, check_output, dumps
+from ..options import Options, opt
+from . import sets
+
+FORMAT = "mechmerge.track"
+
+
+@dataclass
+class TrackOptions(Options):
+    base: str = field(metadata=opt("Base model directory."))
+    checkpoints: Dict[str, str] = field(metadata=opt("A checkpoint as NAME=DIR, in training order; repeat.",
+                                                     flag="checkpoint", metavar="NAME=DIR"))
+    probes: str = field(metadata=opt("Probe set (JSONL) the behaviour is measured on."))
+    out: str = field(metadata=opt("Where to write the track JSON (scores go to OUT.scores.json)."))
+    top_k: int = field(default=10, metadata=opt("Size of the top unit sets."))
+    granularity: Literal["module", "layer", "head"] = field(default="module", metadata=opt("Units."))
+    batch_size: int = field(default=8, metadata=opt("Probes per forward pass."))
+    max_probes: Optional[int] = field(default=None, metadata=opt("Use only the first N probes."))
+    device: str = field(default="auto", metadata=opt("auto, cpu or cuda."))
+    seed: int = field(default=0, metadata=opt("Seed of the random control sets."))
+    force: bool = field(default=False, metadata=opt("Overwrite existing outputs."))
+    progress: bool = field(default=True, metadata=opt("Progress bar."))
+
+
+def jaccard_distance(a: List[str], b: List[str]) -> Optional[float]:
+    sa, sb = set(a), set(b)
+    return None if not (sa | sb) else 1.0 - len(sa & sb) / len(sa | sb)
+
+
+def spearman(x: np.ndarray, y: np.ndarray) -> float:
+    rx, ry = np.argsort(np.argsort(x, kind="stable")), np.argsort(np.argsort(y, kind="stable"))
+    if rx.std() == 0 or ry.std() == 0:
+        return 0.0
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
+def track(opts: TrackOptions) -> Dict[str, Any]:
+    if len(opts.checkpoints) < 2:
+        raise UserError("give at least two --checkpoint NAME=DIR, in training order")
+    out = check_output(opts.out, opts.force, "track file")
+    from ..patching.score import ScoreOptions, prepare, score
+
+    sopts = ScoreOptions(base=opts.base, experts=dict(opts.checkpoints), probes={n: opts.probes for n in opts.checkpoints},
+                         out=f"{out}.scores.json", granularity=opts.granularity, direction="patch_in",
+                         batch_size=opts.batch_size, max_probes=opts.max_probes, device=opts.device,
+                         force=opts.force, progress=opts.progress)
+    data = score(sopts)
+    from ..recipe.taskvectors import magnitudes
+
+    names = list(opts.checkpoints)
+    units = list(data["units"])
+    cat = {u: data["units"][u]["category"] for u in units}
+    norms = magnitudes(data, names)
+    K = opts.top_k
+    top = {}
+    for n in names:
+        mods = data["experts"][n]["modules"]
+        top[n] = {"all": sets.top_k(mods, K),
+                  "attention": sets.top_k(mods, K, among=[u for u in units if cat[u] == "attention"]),
+                  "mlp": sets.top_k(mods, K, among=[u for u in units if cat[u] == "mlp"])}
+    setup = prepare(sopts)
+    by_name = {u.name: u for u in setup.units}
+    transitions = []
+    for i, j in zip(names, names[1:]):
+        ej = data["experts"][j]
+        bl = {"base": ej["baseline"]["base"], "expert": ej["baseline"]["expert"]}
+        vi = np.array([data["experts"][i]["modules"][u]["patch_in"] for u in units])
+        vj = np.array([ej["modules"][u]["patch_in"] for u in units])
+        ctl = sets.controls(units, K, norms[j], opts.seed)
+        faith = {name: sets.recovery(setup, j, [by_name[u] for u in s], bl)
+                 for name, s in {"earlier_top": top[i]["all"], "own_top": top[j]["all"], **ctl}.items()}
+        transitions.append({
+            "from": i, "to": j,
+            "distance": {k: jaccard_distance(top[i][k], top[j][k]) for k in ("all", "attention", "mlp")},
+            "stability": spearman(vi, vj),
+            "faithfulness": faith,
+            "controls": ctl,
+        })
+        if opts.progress:
+            print(f"{i} -> {j}: distance {transitions[-1]['distance']['all']:.2f}, stability "
+                  f"{transitions[-1]['stability']:.2f}, faithfulness of {i}'s top-{K} on {j}: "
+                  f"{faith['earlier_top']:.3f} (own {faith['own_top']:.3f}, random {faith['random']:.3f}, "
+                  f"magnitude {faith['magnitude']:.3f})", file=sys.stderr)
+    result = {"format": FORMAT, "version": 1, "base": opts.base, "probes": opts.probes, "top_k": K,
+              "checkpoints": names, "scores": str(Path(f"{out}.scores.json")),
+              "gaps": {n: data["experts"][n]["baseline"]["gap"] for n in names},
+              "top": top, "patch_in": {n: {u: data["experts"][n]["modules"][u]["patch_in"] for u in units}
+                                       for n in names},
+              "transitions": transitions}
+    atomic_write_text(out, dumps(result))
+    return result

@@ -1,0 +1,55 @@
+"""Plot of a track file: the top units across checkpoints, and the transition metrics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict
+
+import numpy as np
+
+
+def plot_track(data: Dict[str, Any], out_dir: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = data["checkpoints"]
+    rows = []
+    for n in names:
+        for u in data["top"][n]["all"]:
+            if u not in rows:
+                rows.append(u)
+    mat = np.array([[data["patch_in"][n][u] for n in names] for u in rows])
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(13, max(4, 0.28 * len(rows) + 1.5)),
+                                 gridspec_kw={"width_ratios": [1.3, 1]})
+    lim = np.nanmax(np.abs(mat)) or 1.0
+    im = a1.imshow(mat, aspect="auto", cmap="RdBu_r", vmin=-lim, vmax=lim)
+    for c, n in enumerate(names):
+        for r, u in enumerate(rows):
+            if u in data["top"][n]["all"]:
+                a1.text(c, r, "●", ha="center", va="center", fontsize=7)
+    a1.set_xticks(range(len(names)), names, rotation=30, ha="right")
+    a1.set_yticks(range(len(rows)), rows, fontsize=7)
+    a1.set_title(f"patch_in of every checkpoint's top-{data['top_k']} units (● = in that top-{data['top_k']})")
+    fig.colorbar(im, ax=a1, fraction=0.04)
+    tr = data["transitions"]
+    x = np.arange(len(tr))
+    labels = [f"{t['from']}→{t['to']}" for t in tr]
+    for key, style in (("all", "-"), ("attention", "--"), ("mlp", ":")):
+        a2.plot(x, [t["distance"][key] if t["distance"][key] is not None else np.nan for t in tr], style, marker="o",
+                label=f"distance ({key})", color="#c44e52")
+    a2.plot(x, [t["stability"] for t in tr], "-", marker="s", label="stability (Spearman)", color="#4c72b0")
+    for key, color in (("earlier_top", "#55a868"), ("own_top", "#8172b2"), ("random", "#999999"),
+                       ("magnitude", "#dd8452")):
+        a2.plot(x, [t["faithfulness"][key] for t in tr], "-.", marker="^", label=f"faithfulness: {key}", color=color)
+    a2.set_xticks(x, labels, rotation=30, ha="right")
+    a2.axhline(0, color="k", lw=0.5)
+    a2.legend(fontsize=7)
+    a2.set_title("between consecutive checkpoints")
+    fig.tight_layout()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "track.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

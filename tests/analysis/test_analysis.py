@@ -1,0 +1,58 @@
+"""track, conflict and plot on planted experts whose answers are known."""
+
+import json
+
+import pytest
+from helpers import plant_expert
+
+from mechmerge.cli import main
+
+
+def run(*args):
+    with pytest.raises(SystemExit) as e:
+        main([str(a) for a in args])
+    return e.value.code
+
+
+@pytest.fixture(scope="module")
+def early(scored_pair):
+    d, scores = scored_pair
+    return plant_expert(d / "base", d / "a-early", ["model.layers.0.self_attn.v_proj", "model.layers.1.mlp.down_proj"],
+                        d / "a.jsonl", steps=5)
+
+
+def test_track_between_checkpoints(scored_pair, early, tmp_path):
+    d, scores = scored_pair
+    out = tmp_path / "t.json"
+    assert run("track", "--base", d / "base", "--checkpoint", f"early={early}", "--checkpoint", f"late={d / 'a'}",
+               "--probes", d / "a.jsonl", "--out", out, "--top-k", "3", "--no-progress") == 0
+    t = json.loads(out.read_text())
+    assert t["format"] == "mechmerge.track" and t["checkpoints"] == ["early", "late"]
+    planted = {"model.layers.0.self_attn.v_proj", "model.layers.1.mlp.down_proj"}
+    assert set(t["top"]["early"]["all"]) == set(t["top"]["late"]["all"]) == planted
+    tr = t["transitions"][0]
+    assert tr["distance"]["all"] == 0.0 and tr["distance"]["mlp"] == 0.0
+    # both planted units together are the whole difference: patching them recovers everything
+    assert tr["faithfulness"]["earlier_top"] == pytest.approx(1.0, abs=1e-6)
+    assert tr["faithfulness"]["random"] < 0.5
+    assert run("plot", out, "--out", tmp_path) == 0 and (tmp_path / "track.png").stat().st_size > 1000
+
+
+def test_conflict_matrix(scored_pair, tmp_path):
+    d, scores = scored_pair
+    out = tmp_path / "c.json"
+    assert run("conflict", scores, "--top-k", "2", "--out", out) == 0
+    c = json.loads(out.read_text())
+    pair = c["static"]["pairs"]["a"]["b"]
+    # both experts were trained on layers.1.mlp.down_proj: it is their only shared top unit
+    assert pair["shared"] == ["model.layers.1.mlp.down_proj"] and pair["overlap"] == 0.5
+    assert 0.0 <= pair["conflict"] <= 0.5
+    causal = c["causal"]
+    assert causal["a"]["a"]["drop"] == pytest.approx(1.0, abs=1e-6)  # an expert's own planted set is all of it
+    assert causal["b"]["b"]["drop"] == pytest.approx(1.0, abs=1e-6)
+
+
+def test_heatmaps(scored_pair, tmp_path):
+    d, scores = scored_pair
+    assert run("plot", scores, "--out", tmp_path) == 0
+    assert {p.name for p in tmp_path.glob("*.png")} == {"heatmap-a.png", "heatmap-b.png"}
