@@ -1,0 +1,153 @@
+"""Constraints for the instruction-following specialists: how the prompt states them, and
+how a plain answer is rewritten to satisfy them.
+
+Each constraint has the same name as its verifier (`verifiers.py`), two or three
+phrasings of the instruction (so a specialist learns the constraint, not one sentence),
+a sampler of its keyword arguments, and a transform `plain answer -> compliant answer`.
+`apply` checks the transform's output with the verifier, so a broken transform fails
+loudly instead of writing training data that violates its own constraint.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+from mechmerge.registry import Registry
+
+from . import verifiers
+
+
+@dataclass(frozen=True)
+class Constraint:
+    name: str
+    phrasings: Tuple[str, ...]  # str.format templates over the kwargs
+    transform: Callable[..., Optional[str]]  # (answer, **kwargs) -> response, None if impossible
+    sample: Callable[[random.Random], Dict[str, Any]] = lambda rng: {}
+
+    def instruction(self, rng: random.Random, kwargs: Dict[str, Any]) -> str:
+        return rng.choice(self.phrasings).format(**kwargs)
+
+
+CONSTRAINTS: Registry[Constraint] = Registry("constraint")
+
+
+def constraint(name: str, *phrasings: str, sample: Callable[[random.Random], Dict[str, Any]] = lambda rng: {}):
+    """Register the decorated transform as constraint `name` (which must have a verifier)."""
+    def deco(fn):
+        verifiers.VERIFIERS.get(name)  # fails with "did you mean" when the verifier is missing
+        CONSTRAINTS.register(name)(Constraint(name, tuple(phrasings), fn, sample))
+        return fn
+
+    return deco
+
+
+def apply(name: str, answer: str, kwargs: Dict[str, Any]) -> Optional[str]:
+    """The compliant response for `answer`, verified; None when the answer cannot be rewritten."""
+    out = CONSTRAINTS.get(name).transform(answer, **kwargs)
+    if out is None:
+        return None
+    if not verifiers.verify(name, out, **kwargs):
+        raise AssertionError(f"constraint {name!r}: transform output fails its own verifier: {out!r}")
+    return out
+
+
+@constraint("uppercase",
+            "Your entire response should be in English, and in all capital letters.",
+            "Write your whole answer in capital letters only.",
+            "Answer using only UPPERCASE letters.")
+def to_upper(answer: str) -> Optional[str]:
+    out = answer.upper()
+    return out if out.isupper() else None
+
+
+@constraint("lowercase",
+            "Your entire response should be in English, and in all lowercase letters. No capital letters are allowed.",
+            "Write your whole answer in lowercase letters only.",
+            "Answer without using any capital letters.")
+def to_lower(answer: str) -> Optional[str]:
+    out = answer.lower()
+    return out if out.islower() else None
+
+
+@constraint("json",
+            'Wrap your entire output in JSON format: a single object with one key, "{key}".',
+            'Return your whole answer as a JSON object of the form {{"{key}": "..."}}.',
+            'Format the entire response as JSON, with your answer as the string value of the key "{key}".',
+            sample=lambda rng: {"key": "answer"})
+def to_json(answer: str, key: str) -> str:
+    return json.dumps({key: answer}, ensure_ascii=False)
+
+
+END_PHRASES = ("Is there anything else I can help with?", "Let me know if you have additional questions.",
+               "Hope this helps!", "That is all for now.")
+
+
+@constraint("end_phrase",
+            'Finish your response with this exact phrase: "{phrase}". No other words should follow it.',
+            'End your answer with the exact phrase "{phrase}"',
+            'Your reply must end with the words "{phrase}"',
+            sample=lambda rng: {"phrase": rng.choice(END_PHRASES)})
+def add_end_phrase(answer: str, phrase: str) -> str:
+    body = answer.rstrip()
+    if body and body[-1] not in ".!?":
+        body += "."
+    return f"{body} {phrase}"
+
+
+_LIST_MARKER = re.compile(r"^\s*(?:[*\-+•]|\d+[.)]|#+)\s+")
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(])")
+
+
+def sentences(text: str) -> List[str]:
+    """Sentences of `text` with list markers and line breaks flattened away."""
+    lines = [_LIST_MARKER.sub("", ln).strip() for ln in text.splitlines()]
+    flat = " ".join(ln for ln in lines if ln)
+    flat = flat.replace("**", "")
+    return [s.strip() for s in _SENTENCE_END.split(flat) if s.strip()]
+
+
+def split_even(items: List[str], n: int) -> List[List[str]]:
+    """`items` cut into `n` contiguous groups whose sizes differ by at most one."""
+    k, r = divmod(len(items), n)
+    out, i = [], 0
+    for j in range(n):
+        size = k + (1 if j < r else 0)
+        out.append(items[i: i + size])
+        i += size
+    return out
+
+
+@constraint("bullets",
+            "Your answer must contain exactly {n} bullet points. "
+            "Use the markdown bullet points such as:\n* This is point 1.",
+            "Answer in exactly {n} bullet points, each on its own line starting with '* '.",
+            "Give your answer as a markdown list of exactly {n} bullet points.",
+            sample=lambda rng: {"n": rng.choice((2, 3, 4))})
+def to_bullets(answer: str, n: int) -> Optional[str]:
+    sents = sentences(answer)
+    if len(" ".join(sents).split()) < 3 * n:
+        return None
+    if len(sents) >= n:  # contiguous groups of whole sentences, balanced by count
+        groups = [" ".join(g) for g in split_even(sents, n)]
+    else:  # too few sentences: cut the words evenly instead
+        groups = [" ".join(g) for g in split_even(" ".join(sents).split(), n)]
+    return "\n".join(f"* {g}" for g in groups)
+
+
+@constraint("no_commas",
+            "In your entire response, refrain from the use of any commas.",
+            "Do not use any commas in your answer.",
+            "Write your answer without a single comma.")
+def drop_commas(answer: str) -> Optional[str]:
+    out = re.sub(r"\s*[,\uff0c]\s*", " ", answer)
+    out = re.sub(r"(?<=\d) (?=\d{3}\b)", "", out)  # 1,000 -> 1000, not "1 000"
+    out = re.sub(r"[ \t]+", " ", out).strip()
+    return out or None
+
+
+def names() -> List[str]:
+    return CONSTRAINTS.names()

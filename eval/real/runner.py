@@ -1,0 +1,211 @@
+"""Real-model pipeline: stages that cache their artifacts, skip what is done, and resume.
+
+    python -m eval.real.pipeline --model smollm2 --stages import,data
+    python -m eval.real.pipeline --model smollm2 --stages data --redo data --set data.n_train=100
+    python -m eval.real.pipeline --list
+
+(the command line is `pipeline.py`; this module is the registry and the runner.)
+
+A stage is a function `fn(ctx, out) -> summary` registered with `@stage(name, artifact=...,
+requires=...)` in a module of `eval/real/stages/`. The runner gives it `out`, a temporary
+directory next to the artifact's final place (`mechmerge.io.atomic_dir`), writes the
+returned summary to `out/stage.json` and renames the directory into place. So an artifact
+either holds stage.json and is complete, or does not exist: a complete artifact is skipped,
+a killed stage leaves nothing half-written. Scratch state a stage wants to survive a kill
+(generation journals, training checkpoints) goes in `ctx.work(name)`.
+
+stage.json names the build of each requirement it used; when a requirement is rebuilt
+(`--redo NAME`), the stages after it are "stale" and are rebuilt when next asked for.
+
+Artifacts live under `$MECHMERGE_CACHE/real/<model>/` (default `~/.cache/mechmerge/real/`).
+Stage parameters come from `--set STAGE.KEY=VALUE`; the ones a stage reads are recorded in
+its stage.json, and a skipped stage whose record disagrees with the command line says so.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Sequence, Tuple
+
+from mechmerge.errors import UserError
+from mechmerge.io import atomic_dir, atomic_write_text, dumps
+from mechmerge.registry import Registry
+
+from .models import ModelSpec
+
+MANIFEST = "stage.json"
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    fn: Callable[["Context", Path], Dict[str, Any]]
+    artifact: str  # directory name under the model's cache root
+    requires: Tuple[str, ...]
+    doc: str
+
+
+STAGES: Registry[Stage] = Registry("stage")
+
+
+def stage(name: str, artifact: str, requires: Sequence[str] = ()):
+    """Register `fn(ctx, out) -> summary dict` as stage `name`, building `<root>/<artifact>`."""
+    def deco(fn):
+        doc = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""  # shown by --list
+        STAGES.register(name)(Stage(name, fn, artifact, tuple(requires), doc))
+        return fn
+
+    return deco
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("MECHMERGE_CACHE") or "~/.cache/mechmerge").expanduser() / "real"
+
+
+@dataclass
+class Context:
+    model: ModelSpec
+    root: Path  # cache_root()/<model name>
+    params: Dict[str, str] = field(default_factory=dict)  # "stage.key" -> raw value from --set
+    log: Callable[[str], None] = print
+    used: Dict[str, Any] = field(default_factory=dict)  # params read by the running stage
+    threads: int = 0  # torch threads the command line chose (0: left as torch set them)
+
+    def artifact(self, name: str) -> Path:
+        return self.root / STAGES.get(name).artifact
+
+    def work(self, name: str) -> Path:
+        p = self.root / ".work" / name
+        p.mkdir(parents=True, exist_ok=True)
+        return p
+
+    def param(self, key: str, default: Any) -> Any:
+        """`--set key=value` converted to the type of `default` (or the default)."""
+        raw = self.params.get(key)
+        if raw is None:
+            value = default
+        elif isinstance(default, bool):
+            value = raw.lower() in ("1", "true", "yes", "on")
+        elif isinstance(default, (int, float)):
+            try:
+                value = type(default)(raw)
+            except ValueError:
+                raise UserError(f"--set {key}={raw}: expected {type(default).__name__}") from None
+        else:
+            value = raw
+        self.used[key] = value
+        return value
+
+
+def manifest_of(path: Path) -> Dict[str, Any] | None:
+    """The stage.json of an artifact, or None when the artifact is missing (or unreadable)."""
+    try:
+        return json.loads((path / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def is_complete(path: Path) -> bool:
+    return manifest_of(path) is not None
+
+
+def state(ctx: Context, name: str) -> str:
+    """'missing', 'stale' (a requirement was rebuilt after it) or 'complete'."""
+    m = manifest_of(ctx.artifact(name))
+    if m is None:
+        return "missing"
+    for req in STAGES.get(name).requires:
+        r = manifest_of(ctx.artifact(req))
+        if r is None or m.get("inputs", {}).get(req) != r.get("built_id"):
+            return "stale"
+    return "complete"
+
+
+def plan(names: Sequence[str], ctx: Context, redo: Sequence[str] = ()) -> List[str]:
+    """Stages to run, requirements first, each once: the ones asked for, plus any requirement
+    that is not complete or is redone. A stage whose requirement runs is rebuilt too."""
+    order: List[str] = []
+
+    def visit(name: str, chain: Tuple[str, ...]) -> None:
+        if name in chain:
+            raise UserError(f"stage requirements form a cycle: {' -> '.join(chain + (name,))}")
+        for req in STAGES.get(name).requires:
+            if req not in order and (req in redo or state(ctx, req) != "complete"):
+                visit(req, chain + (name,))
+        if name not in order:
+            order.append(name)
+
+    for n in list(names) + [r for r in redo if r not in names]:
+        visit(n, ())
+    return order
+
+
+def run_stage(ctx: Context, st: Stage) -> Dict[str, Any]:
+    inputs = {}
+    for req in st.requires:
+        m = manifest_of(ctx.artifact(req))
+        if m is None:
+            raise UserError(f"stage {st.name!r} needs stage {req!r}, whose artifact {ctx.artifact(req)} is missing")
+        inputs[req] = m["built_id"]
+    final = ctx.artifact(st.name)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    ctx.used = {}
+    t0 = time.perf_counter()
+    with atomic_dir(final, force=True) as tmp:
+        summary = st.fn(ctx, tmp) or {}
+        manifest = {"stage": st.name, "model": ctx.model.name, "params": ctx.used, "inputs": inputs,
+                    "threads": ctx.threads,
+                    "built_id": f"{st.name}-{time.time_ns()}", "seconds": time.perf_counter() - t0,
+                    "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "summary": summary}
+        atomic_write_text(tmp / MANIFEST, dumps(manifest))
+    return manifest
+
+
+def param_note(ctx: Context, name: str) -> str:
+    """' (built with K=V; pass --redo NAME ...)' when --set asks for other values than were used."""
+    recorded = (manifest_of(ctx.artifact(name)) or {}).get("params", {})
+    differ = [k for k, v in ctx.params.items()
+              if k.startswith(name + ".") and str(recorded.get(k)).lower() != v.lower()]
+    if not differ:
+        return ""
+    built = ", ".join(f"{k}={recorded.get(k)}" for k in differ)
+    return f" (built with {built}; pass --redo {name} to rebuild)"
+
+
+def run(ctx: Context, names: Sequence[str], redo: Sequence[str] = ()) -> Dict[str, Dict[str, Any]]:
+    """Run `names` (and what they need), skipping complete artifacts; name -> manifest."""
+    for n in list(names) + list(redo):
+        STAGES.get(n)
+    out: Dict[str, Dict[str, Any]] = {}
+    order = plan(names, ctx, redo)
+    for name in {k.split(".")[0] for k in ctx.params} - set(order):
+        if state(ctx, name) == "complete":
+            ctx.log(f"[{name}] complete, not rebuilt{param_note(ctx, name)}")
+    for name in order:
+        st = STAGES.get(name)
+        path = ctx.artifact(name)
+        now = state(ctx, name)
+        if now == "complete" and name not in redo:
+            ctx.log(f"[{name}] complete, skipped: {path}{param_note(ctx, name)}")
+            out[name] = manifest_of(path)
+            continue
+        why = {"missing": "", "stale": " (a requirement was rebuilt)"}.get(now, " (--redo)")
+        ctx.log(f"[{name}] {st.doc}{why}")
+        out[name] = run_stage(ctx, st)
+        ctx.log(f"[{name}] done in {out[name]['seconds']:.1f}s -> {path}")
+    return out
+
+
+def parse_sets(items: Sequence[str]) -> Dict[str, str]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or "." not in key:
+            raise UserError(f"--set expects STAGE.KEY=VALUE, got {item!r}")
+        STAGES.get(key.split(".")[0])
+        out[key] = value
+    return out
