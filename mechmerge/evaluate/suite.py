@@ -62,19 +62,15 @@ class Suite:
 
     @classmethod
     def from_zoo(cls, zoo_dir: Path) -> "Suite":
-        from ..zoo import manifest
+        from .. import zoo
 
-        m = manifest(zoo_dir)
-        root = Path(zoo_dir)
-
-        def probes(skill: str, split: str) -> str:
-            return str(root / m["probes"][skill][split])
-
+        m = zoo.manifest(Path(zoo_dir))
+        files = {split: zoo.probe_files(Path(zoo_dir), split) for split in ("score", "dev", "test")}
         specialists = list(m["specialists"])
         return cls(
-            name=m["name"], base=str(root / m["base"]),
-            experts={s: str(root / m["experts"][s]) for s in specialists},
-            splits={sp: {s: probes(s, sp) for s in specialists} for sp in ("score", "dev", "test")},
-            retention={sp: {g: probes(g, sp) for g in m["general"]} for sp in ("dev", "test")},
+            name=m["name"], base=str(zoo.base(Path(zoo_dir))),
+            experts={s: str(p) for s, p in zoo.experts(Path(zoo_dir)).items()},
+            splits={sp: {s: str(files[sp][s]) for s in specialists} for sp in files},
+            retention={sp: {g: str(files[sp][g]) for g in m["general"]} for sp in ("dev", "test")},
             max_new_tokens=int(m.get("max_new_tokens", 24)),
         )
