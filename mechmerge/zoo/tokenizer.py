@@ -38,3 +38,14 @@ def build_char_tokenizer():
 
 def vocab_size() -> int:
     return len(SPECIALS) + len(CHAT_MARKERS) + len(CHARS)
+
+
+BOS_ID, EOS_ID, PAD_ID = SPECIALS.index("<s>"), SPECIALS.index("</s>"), SPECIALS.index("<pad>")
+_CHAR_IDS = {c: i for i, c in enumerate(SPECIALS + CHAT_MARKERS + CHARS) if c in CHARS}
+
+
+def char_ids(text: str) -> list[int]:
+    """Token ids of plain text without special tokens, the same as the HF tokenizer gives
+    (one id per character; unknown characters become <unk>), without its per-call cost."""
+    unk = SPECIALS.index("<unk>")
+    return [_CHAR_IDS.get(c, unk) for c in text]

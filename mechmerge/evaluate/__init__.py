@@ -1,0 +1,1 @@
+"""Generation-based evaluation: greedy decoding, exact match and the comparison harness."""
