@@ -3,7 +3,8 @@ how a plain answer is rewritten to satisfy them.
 
 Each constraint has the same name as its verifier (`verifiers.py`), two or three
 phrasings of the instruction (so a specialist learns the constraint, not one sentence),
-a sampler of its keyword arguments, and a transform `plain answer -> compliant answer`.
+a sampler of its keyword arguments (which may look at the answer, e.g. to ask for no more
+bullets than it has sentences), and a transform `plain answer -> compliant answer`.
 `apply` checks the transform's output with the verifier, so a broken transform fails
 loudly instead of writing training data that violates its own constraint.
 """
@@ -26,7 +27,7 @@ class Constraint:
     name: str
     phrasings: Tuple[str, ...]  # str.format templates over the kwargs
     transform: Callable[..., Optional[str]]  # (answer, **kwargs) -> response, None if impossible
-    sample: Callable[[random.Random], Dict[str, Any]] = lambda rng: {}
+    sample: Callable[[random.Random, str], Dict[str, Any]] = lambda rng, answer: {}
 
     def instruction(self, rng: random.Random, kwargs: Dict[str, Any]) -> str:
         return rng.choice(self.phrasings).format(**kwargs)
@@ -35,7 +36,10 @@ class Constraint:
 CONSTRAINTS: Registry[Constraint] = Registry("constraint")
 
 
-def constraint(name: str, *phrasings: str, sample: Callable[[random.Random], Dict[str, Any]] = lambda rng: {}):
+Sampler = Callable[[random.Random, str], Dict[str, Any]]
+
+
+def constraint(name: str, *phrasings: str, sample: Sampler = lambda rng, answer: {}):
     """Register the decorated transform as constraint `name` (which must have a verifier)."""
     def deco(fn):
         verifiers.VERIFIERS.get(name)  # fails with "did you mean" when the verifier is missing
@@ -77,7 +81,7 @@ def to_lower(answer: str) -> Optional[str]:
             'Wrap your entire output in JSON format: a single object with one key, "{key}".',
             'Return your whole answer as a JSON object of the form {{"{key}": "..."}}.',
             'Format the entire response as JSON, with your answer as the string value of the key "{key}".',
-            sample=lambda rng: {"key": "answer"})
+            sample=lambda rng, answer: {"key": "answer"})
 def to_json(answer: str, key: str) -> str:
     return json.dumps({key: answer}, ensure_ascii=False)
 
@@ -90,7 +94,7 @@ END_PHRASES = ("Is there anything else I can help with?", "Let me know if you ha
             'Finish your response with this exact phrase: "{phrase}". No other words should follow it.',
             'End your answer with the exact phrase "{phrase}"',
             'Your reply must end with the words "{phrase}"',
-            sample=lambda rng: {"phrase": rng.choice(END_PHRASES)})
+            sample=lambda rng, answer: {"phrase": rng.choice(END_PHRASES)})
 def add_end_phrase(answer: str, phrase: str) -> str:
     body = answer.rstrip()
     if body and body[-1] not in ".!?":
@@ -121,12 +125,17 @@ def split_even(items: List[str], n: int) -> List[List[str]]:
     return out
 
 
+def bullet_count(rng: random.Random, answer: str) -> int:
+    """2, 3 or 4, but no more than the answer has sentences, so bullets hold whole sentences."""
+    return rng.choice([n for n in (2, 3, 4) if n <= max(2, len(sentences(answer)))])
+
+
 @constraint("bullets",
             "Your answer must contain exactly {n} bullet points. "
             "Use the markdown bullet points such as:\n* This is point 1.",
             "Answer in exactly {n} bullet points, each on its own line starting with '* '.",
             "Give your answer as a markdown list of exactly {n} bullet points.",
-            sample=lambda rng: {"n": rng.choice((2, 3, 4))})
+            sample=lambda rng, answer: {"n": bullet_count(rng, answer)})
 def to_bullets(answer: str, n: int) -> Optional[str]:
     sents = sentences(answer)
     if len(" ".join(sents).split()) < 3 * n:

@@ -109,7 +109,8 @@ def generate_cached(model, tok, prompts: Sequence[str], journal: Path, fingerpri
                                  max_new_tokens=max_new_tokens, eos_token_id=stops, pad_token_id=pad,
                                  top_p=None, top_k=None, temperature=None, **extra)
             for p, row in zip(batch, gen[:, T:].tolist()):
-                cut = next((j for j, t in enumerate(row) if t in stops), None)
+                # a row stopped early (stop string, or batch mates still running) is padded with `pad`
+                cut = next((j for j, t in enumerate(row) if t in stops or t == pad), None)
                 toks = row if cut is None else row[:cut]
                 text = tok.decode(toks, skip_special_tokens=True)
                 if fmt == "qa" and QA_STOP in text:  # the model moved on to a question of its own

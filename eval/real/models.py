@@ -73,5 +73,5 @@ MODELS.register("smollm2")(ModelSpec("smollm2", _smollm2, SMOLLM2_PACKAGES, gen_
 # The package holds the *pretrained* Gemma-3-270M, not the instruction-tuned one: in its chat
 # template it echoes the question and repeats a stray token, so it is asked in "qa" form.
 MODELS.register("gemma3-270m")(ModelSpec("gemma3-270m", _gemma3, GEMMA3_PACKAGES, gen_batch_size=32,
-                                         prompt_format="qa", spare=0.6,
+                                         prompt_format="qa", spare=1.0,
                                          notes="Gemma-3-270M (pretrained, not -it), Q4_K_M GGUF; 262k vocabulary"))

@@ -34,12 +34,12 @@ TOPICS = (
 TEMPLATES = (
     "Explain {t} to a ten-year-old.",
     "What are some interesting facts about {t}?",
-    "Why is {t} important?",
+    "Why should people care about {t}?",
     "Describe {t} in a few sentences.",
     "What is the history of {t}?",
     "Give some advice to someone who wants to learn about {t}.",
     "Write a short paragraph about {t}.",
-    "How does {t} affect everyday life?",
+    "In what ways does everyday life involve {t}?",
     "What would you tell a friend about {t}?",
     "Summarize what people should know about {t}.",
     "What are common misconceptions about {t}?",
@@ -58,38 +58,49 @@ class Question:
     split: str
 
 
-def build_questions(sizes: Dict[str, int], seed: int = 0) -> List[Question]:
-    """`sizes[split]` questions per split, topic-disjoint between train/score and dev and test.
+def build_questions(sizes: Dict[str, int], seed: int = 0, spare: float = 0.0) -> List[Question]:
+    """`sizes[split]` questions per split plus `spare` of them again (at least 2), topic-disjoint
+    between train/score, dev and test.
 
-    Topics are shuffled and dealt to dev, test and train in proportion to the sizes asked;
-    questions are then drawn (topic-major, random template) without repetition.
+    Topics are shuffled and dealt to dev, test and train in proportion to `sizes`; each split
+    then lists its (topic, template) pairs round-robin over its topics, in a seeded order, and
+    takes what it needs from the front. Score questions are train-topic pairs set aside by a
+    seeded hash. So the questions depend on `sizes` and `seed` only: raising `spare` appends
+    questions and never changes the ones already there (generations cached for them stay valid).
     """
     rng = random.Random(seed)
     topics = list(range(len(TOPICS)))
     rng.shuffle(topics)
     per_topic = len(TEMPLATES)
-    need = {s: -(-sizes[s] // per_topic) for s in ("dev", "test")}  # at least enough topics
     total = sum(sizes.values())
-    for s in ("dev", "test"):  # and at least their share, so one topic does not dominate
-        need[s] = max(need[s], round(len(topics) * sizes[s] / total))
+    want = {s: sizes[s] + max(2, int(sizes[s] * spare)) for s in SPLITS}
+    need = {s: max(-(-want[s] // per_topic), round(len(topics) * sizes[s] / total)) for s in ("dev", "test")}
     if need["dev"] + need["test"] >= len(topics):
-        raise ValueError(f"{len(topics)} topics cannot hold these split sizes: {sizes}")
+        raise ValueError(f"{len(topics)} topics cannot hold these split sizes: {want}")
     owned = {"dev": topics[: need["dev"]], "test": topics[need["dev"]: need["dev"] + need["test"]],
              "train": topics[need["dev"] + need["test"]:]}
-    out: List[Question] = []
-    for split, pool in (("dev", owned["dev"]), ("test", owned["test"]), ("train", owned["train"])):
-        n = sizes[split] + (sizes["score"] if split == "train" else 0)
-        pairs = [(ti, k) for ti in pool for k in range(per_topic)]
-        if n > len(pairs):
-            raise ValueError(f"split {split!r} needs {n} questions; its {len(pool)} topics give {len(pairs)}")
+    score_share = sizes["score"] / max(1, sizes["train"] + sizes["score"])
+
+    def round_robin(pool: List[int], pairs: List[tuple]) -> List[tuple]:
         rng.shuffle(pairs)
-        # round-robin over topics so that every topic is used before any is used twice
         by_topic: Dict[int, List[int]] = {}
         for ti, k in pairs:
             by_topic.setdefault(ti, []).append(k)
-        order = [(ti, by_topic[ti][r]) for r in range(per_topic) for ti in pool if r < len(by_topic[ti])]
-        chosen = order[:n]
-        for j, (ti, k) in enumerate(chosen):
-            s = split if split != "train" or j < sizes["train"] else "score"
-            out.append(Question(f"q{ti}-{k}", TOPICS[ti], k, TEMPLATES[k].format(t=TOPICS[ti]), s))
+        return [(ti, by_topic[ti][r]) for r in range(per_topic) for ti in pool if r < len(by_topic.get(ti, ()))]
+
+    out: List[Question] = []
+    for split in ("dev", "test", "train"):
+        pool = owned[split]
+        pairs = [(ti, k) for ti in pool for k in range(per_topic)]
+        if split == "train":
+            held = {p for p in pairs if random.Random(f"{seed}:score:{p}").random() < score_share}
+            orders = {"train": round_robin(pool, [p for p in pairs if p not in held]),
+                      "score": round_robin(pool, sorted(held))}
+        else:
+            orders = {split: round_robin(pool, pairs)}
+        for s, order in orders.items():
+            if want[s] > len(order):
+                raise ValueError(f"split {s!r} needs {want[s]} questions; its topics give {len(order)}")
+            out.extend(Question(f"q{ti}-{k}", TOPICS[ti], k, TEMPLATES[k].format(t=TOPICS[ti]), s)
+                       for ti, k in order[: want[s]])
     return out

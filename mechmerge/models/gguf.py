@@ -270,7 +270,6 @@ def check_mergekit(out: Path) -> Dict[str, Any]:
     """A mergekit `linear` merge of the model with itself must reproduce every tensor."""
     from mergekit.config import MergeConfiguration
     from mergekit.merge import MergeOptions, run_merge
-    from safetensors import safe_open
 
     src = Checkpoint.open(str(out), label="imported model")
     with tempfile.TemporaryDirectory(prefix=".mergekit-check.", dir=out.parent) as tmp:

@@ -158,6 +158,8 @@ def test_clean_answer_cuts_loops_and_half_sentences():
     assert clean_answer(Generation(f"Finished {words} without a stop", True, 30)).endswith("without a stop")
     assert clean_answer(Generation(f"Cut {words} without any sentence end", False, 64)) is None
     assert clean_answer(Generation("Too short.", True, 3)) is None
+    numbered = f"1. Sleep is {words}.\n2. Sleep is {words}.\n3. Sleep"
+    assert clean_answer(Generation(numbered, False, 64)) == f"1. Sleep is {words}."
 
 
 def test_generation_journal_resumes(tmp_path):

@@ -90,7 +90,7 @@ def test_transforms_satisfy_their_verifier(name):
     for i, answer in enumerate(ANSWERS):
         for seed in range(5):
             rng = random.Random(f"{seed}:{i}")
-            kw = c.sample(rng)
+            kw = c.sample(rng, answer)
             out = constraints.apply(name, answer, kw)  # raises if the verifier rejects it
             assert out is not None and verify(name, out, **kw)
             text = c.instruction(rng, kw)
@@ -112,19 +112,30 @@ def test_transforms_keep_the_content():
     assert ended.endswith("cultures. Hope this helps!")
 
 
+def test_bullet_count_follows_the_sentences():
+    rng = random.Random(0)
+    assert {constraints.bullet_count(rng, "One. Two.") for _ in range(50)} == {2}
+    assert {constraints.bullet_count(rng, "One. Two. Three. Four. Five.") for _ in range(50)} == {2, 3, 4}
+    assert constraints.bullet_count(rng, "no sentence end at all") == 2
+
+
 def test_untransformable_answers_are_refused():
     assert constraints.apply("bullets", "Too short.", {"n": 4}) is None
     assert constraints.apply("uppercase", "1234 !", {}) is None
     assert constraints.apply("no_commas", ", , ,", {}) is None
 
 
-def test_questions_are_topic_disjoint():
+def test_questions_are_topic_disjoint_and_spares_only_append():
     from eval.real.topics import SPLITS, build_questions
 
-    sizes = {"train": 224, "score": 35, "dev": 53, "test": 71}
-    qs = build_questions(sizes, seed=0)
-    assert [q.id for q in qs] == [q.id for q in build_questions(sizes, seed=0)]  # deterministic
-    assert len({q.text for q in qs}) == len(qs) == sum(sizes.values())
+    sizes = {"train": 200, "score": 32, "dev": 48, "test": 64}
+    qs = build_questions(sizes, seed=0, spare=0.12)
+    assert [q.id for q in qs] == [q.id for q in build_questions(sizes, seed=0, spare=0.12)]  # deterministic
+    assert len({q.text for q in qs}) == len(qs) == 224 + 35 + 53 + 71
     topics = {s: {q.topic for q in qs if q.split == s} for s in SPLITS}
     assert not topics["train"] & (topics["dev"] | topics["test"]) and not topics["dev"] & topics["test"]
     assert topics["score"] <= topics["train"]
+    more = build_questions(sizes, seed=0, spare=1.0)
+    for s in SPLITS:  # more spares keep every question (and its cached answer) where it was
+        ids = [q.id for q in qs if q.split == s]
+        assert [q.id for q in more if q.split == s][: len(ids)] == ids

@@ -37,8 +37,10 @@ from ..runner import Context, stage
 from ..topics import SPLITS, Question, build_questions
 
 MIN_WORDS = 20  # enough to split into 4 bullets of several words each
-_SENTENCE_END = re.compile(r"[.!?](?=[\s\"')\]]|$)")
+_SENTENCE_END = re.compile(r"[.!?](?=[\s\"')\]\u201d\u2019]|$)")
 _LIST_NUMBER = re.compile(r"\s*(?:\d+|[A-Za-z])[.)]")
+_MARKER = re.compile(r"^\s*(?:\d+[.)]|[*\-+])\s*")
+_TRAILING_MARKERS = re.compile(r"(?:\s*(?:\d+[.)]|[*\-+]))+\s*$")
 
 
 def clean_answer(g: Generation) -> Optional[str]:
@@ -62,17 +64,18 @@ def cut_repetition(text: str) -> str:
     models loop under greedy decoding; a loop is not an answer worth imitating)."""
     seen, start = set(), 0
     for m in _SENTENCE_END.finditer(text):
-        sentence = " ".join(text[start: m.end()].split()).lower()
+        sentence = _MARKER.sub("", " ".join(text[start: m.end()].split()).lower())  # "2. It is." == "It is."
         if sentence in seen:
-            return text[:start].rstrip()
-        seen.add(sentence)
+            return _TRAILING_MARKERS.sub("", text[:start]).rstrip()
+        if sentence:  # a bare list number ("2.") is not a sentence
+            seen.add(sentence)
         start = m.end()
     return text
 
 
-def kwargs_for(seed: int, name: str, qid: str) -> tuple[random.Random, Dict[str, Any]]:
+def kwargs_for(seed: int, name: str, qid: str, answer: str) -> tuple[random.Random, Dict[str, Any]]:
     rng = random.Random(f"{seed}:{name}:{qid}")
-    return rng, constraints.CONSTRAINTS.get(name).sample(rng)
+    return rng, constraints.CONSTRAINTS.get(name).sample(rng, answer)
 
 
 def write_jsonl(path: Path, rows: List[Dict[str, Any]]) -> None:
@@ -106,8 +109,7 @@ def build_data(ctx: Context, out: Path) -> Dict[str, Any]:
     for n in names:
         constraints.CONSTRAINTS.get(n)
 
-    asked = {s: sizes[s] + max(2, int(sizes[s] * spare)) for s in SPLITS}
-    questions = build_questions(asked, seed)
+    questions = build_questions(sizes, seed, spare)
 
     base = ctx.artifact("import")
     ckpt = Checkpoint.open(str(base), label="base")
@@ -128,7 +130,7 @@ def build_data(ctx: Context, out: Path) -> Dict[str, Any]:
         text = clean[q.id]
         if text is None:
             fate[q.id] = "dropped: unusable answer"
-        elif any(constraints.apply(n, text, kwargs_for(seed, n, q.id)[1]) is None for n in names):
+        elif any(constraints.apply(n, text, kwargs_for(seed, n, q.id, text)[1]) is None for n in names):
             fate[q.id] = "dropped: a constraint cannot rewrite it"
         elif len(kept[q.split]) >= sizes[q.split]:
             fate[q.id] = "spare"
@@ -145,8 +147,8 @@ def build_data(ctx: Context, out: Path) -> Dict[str, Any]:
         for s in SPLITS:
             rows = []
             for q in kept[s]:
-                rng, kw = kwargs_for(seed, n, q.id)
                 answer = clean[q.id]
+                rng, kw = kwargs_for(seed, n, q.id, answer)
                 prompt = f"{q.text} {constraints.CONSTRAINTS.get(n).instruction(rng, kw)}"
                 rows.append({"messages": chat(prompt, constraints.apply(n, answer, kw)),
                              "meta": {"id": q.id, "topic": q.topic, "split": s, "constraint": n, "kwargs": kw}})
