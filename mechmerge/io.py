@@ -21,6 +21,18 @@ from .errors import UserError
 FLOAT_DIGITS = 10  # significant digits written for every float: byte-stable output
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _public(path: Path, directory: bool) -> None:
+    """mkstemp/mkdtemp create private (0600/0700) entries; give them the usual
+    permissions so outputs are not unreadable to other users of the machine."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
+
+
 def round_floats(obj: Any) -> Any:
     """Fixed float formatting: 10 significant digits; NaN/Inf become null."""
     if isinstance(obj, float):
@@ -70,6 +82,7 @@ def atomic_write_text(path: str | Path, text: str) -> None:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+        _public(Path(tmp), directory=False)
         os.replace(tmp, p)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -82,6 +95,7 @@ def atomic_dir(path: str | Path, force: bool = False) -> Iterator[Path]:
     """Build a directory under a temporary name; move it into place only on success."""
     p = Path(path)
     tmp = Path(tempfile.mkdtemp(prefix=f".{p.name}.", suffix=".partial", dir=p.parent))
+    _public(tmp, directory=True)
     try:
         yield tmp
         if p.exists():

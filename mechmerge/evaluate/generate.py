@@ -43,7 +43,7 @@ def greedy_generate(model, tokenizer, prompts: Sequence[Prompt], max_new_tokens:
     Special tokens other than EOS are kept in the text (decoded as their markers), so a
     model that emits <pad> or <s> is not silently scored as if it had not.
     """
-    eos = tokenizer.eos_token_id
+    eos_ids = stop_ids(model, tokenizer)
     pad = pad_id_of(tokenizer)
     device = next(model.parameters()).device
     was_training = model.training
@@ -54,15 +54,29 @@ def greedy_generate(model, tokenizer, prompts: Sequence[Prompt], max_new_tokens:
             rows = [prompt_ids(p, tokenizer) for p in prompts[start: start + batch_size]]
             ids, mask = left_pad(rows, pad)
             gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=False,
-                                 max_new_tokens=max_new_tokens, eos_token_id=eos, pad_token_id=pad,
+                                 max_new_tokens=max_new_tokens, eos_token_id=eos_ids or None, pad_token_id=pad,
                                  num_beams=1, top_p=None, top_k=None, temperature=None)
             for row in gen[:, ids.shape[1]:].tolist():
-                if eos is not None and eos in row:
-                    row = row[: row.index(eos)]
+                cut = [row.index(e) for e in eos_ids if e in row]
+                if cut:
+                    row = row[: min(cut)]
                 out.append(tokenizer.decode(row, skip_special_tokens=False))
     finally:
         model.train(was_training)
     return out
+
+
+def stop_ids(model, tokenizer) -> List[int]:
+    """Token ids that end a response: the tokenizer's EOS plus the model's
+    generation_config EOS list (chat models end turns with their own marker, e.g.
+    Gemma's <end_of_turn>)."""
+    ids: List[int] = []
+    cfg = getattr(model, "generation_config", None)
+    extra = getattr(cfg, "eos_token_id", None) if cfg is not None else None
+    for i in [tokenizer.eos_token_id] + (extra if isinstance(extra, list) else [extra]):
+        if i is not None and int(i) not in ids:
+            ids.append(int(i))
+    return ids
 
 
 def normalize(text: str) -> str:
