@@ -48,6 +48,8 @@ class CompareOptions(Options):
     score_method: str = field(default="exact", metadata=opt("Scoring method for the guided strategies."))
     seed: int = field(default=0, metadata=opt("Seed for random methods (DARE)."))
     batch_size: int = field(default=64, metadata=opt("Evaluation batch size."))
+    max_dev_probes: Optional[int] = field(default=None, metadata=opt("Use only the first N dev probes per task."))
+    max_test_probes: Optional[int] = field(default=None, metadata=opt("Use only the first N test probes per task."))
     device: str = field(default="auto", metadata=opt("auto, cpu or cuda."))
     progress: bool = field(default=True, metadata=opt("Progress output."))
 
@@ -144,7 +146,7 @@ class Harness:
 
     def run_combo(self, combo: Tuple[str, ...]) -> Dict[str, Any]:
         tasks = list(combo)
-        retention = list(self.suite.retention.get("test", {}))
+        retention = list(self.suite.retention.get("test", {})) + list(self.suite.quality.get("test", {}))
         result: Dict[str, Any] = {}
         for name in ("base", *combo):
             key = f"ref|{'+'.join(combo)}|{name}"
@@ -223,9 +225,14 @@ def compare(opts: CompareOptions) -> Dict[str, Any]:
     dev = resolve_device(opts.device)
     base = Checkpoint.open(suite.base, "base")
     tok = load_tokenizer([base])
-    mkw = dict(metrics=suite.metrics, batch_size=opts.batch_size, max_new_tokens=suite.max_new_tokens, device=dev)
-    dev_ev = Evaluator(dict(suite.splits["dev"]), tok, **mkw)
-    test_ev = Evaluator({**suite.splits["test"], **suite.retention.get("test", {})}, tok, **mkw)
+    quality = suite.quality.get("test", {})
+    metrics = {**{t: m for t, m in suite.metrics.items()}, **{t: "logprob" for t in quality}}
+    mkw = dict(batch_size=opts.batch_size, max_new_tokens=suite.max_new_tokens, device=dev)
+    dev_ev = Evaluator(dict(suite.splits["dev"]), tok, {t: m for t, m in metrics.items() if t in suite.splits["dev"]},
+                       max_probes=opts.max_dev_probes, **mkw)
+    test_tasks = {**suite.splits["test"], **suite.retention.get("test", {}), **quality}
+    test_ev = Evaluator(test_tasks, tok, {t: m for t, m in metrics.items() if t in test_tasks},
+                        max_probes=opts.max_test_probes, **mkw)
     model = load_model(base, dev, resolve_dtype("auto", dev))
     dev_ev.set_quartiles(model, base.family)
     test_ev.set_quartiles(model, base.family)

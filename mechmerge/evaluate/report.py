@@ -23,8 +23,9 @@ def summarize(results: Dict[str, Dict[str, Any]], suite, default: str) -> Dict[s
     methods = [m for m in next(iter(results.values())) if not m.startswith("expert:")]
     rows: Dict[str, Dict[str, Any]] = {}
     retention_tasks = list(suite.retention.get("test", {}))
+    quality_tasks = list(getattr(suite, "quality", {}).get("test", {}))
     for m in methods + ["experts"]:
-        per, se, ret = {}, {}, []
+        per, se, ret, qual = {}, {}, [], []
         for c in combos:
             tasks = c.split("+")
             if m == "experts":  # each expert on its own task: the ceiling a merge aims for
@@ -36,10 +37,12 @@ def summarize(results: Dict[str, Dict[str, Any]], suite, default: str) -> Dict[s
             per[c], se[c] = _combo_acc(test, tasks)
             for rt in ret_tests:
                 ret += [rt[t]["accuracy"] for t in retention_tasks if t in rt]
+                qual += [rt[t]["logprob"] for t in quality_tasks if t in rt]
         vals = np.array(list(per.values()))
         rows[m] = {"per_combination": per, "stderr": se, "mean": float(vals.mean()),
                    "mean_stderr": float(vals.std(ddof=1) / np.sqrt(len(vals))) if len(vals) > 1 else 0.0,
-                   "retention": float(np.mean(ret)) if ret else None}
+                   "retention": float(np.mean(ret)) if ret else None,
+                   "quality": float(np.mean(qual)) if qual else None}
     present = [b for b in BASELINES if b in rows]
     best = max(present, key=lambda b: rows[b]["mean"]) if present else None
     claim = None
@@ -60,15 +63,19 @@ def markdown(data: Dict[str, Any]) -> str:
     s = data["summary"]
     rows = s["methods"]
     combos = list(next(iter(rows.values()))["per_combination"])
-    head = "| method | " + " | ".join(combos) + " | mean ± s.e. | retention |"
-    lines = [f"Suite `{data['suite']}`: held-out (test) exact-match accuracy per combination; "
-             f"{data['protocol']['candidates']} candidate merges per tuned method chosen on dev.", "", head,
-             "|---|" + "---:|" * (len(combos) + 2)]
+    has_q = any(r.get("quality") is not None for r in rows.values())
+    head = "| method | " + " | ".join(combos) + " | mean ± s.e. | retention |" + (" quality |" if has_q else "")
+    lines = [f"Suite `{data['suite']}`: held-out (test) accuracy per combination; "
+             f"{data['protocol']['candidates']} candidate merges per tuned method chosen on dev. Retention: accuracy "
+             f"on the base's general skills" + ("; quality: mean log-probability of the base's own answers" if has_q
+                                               else "") + ".", "", head,
+             "|---|" + "---:|" * (len(combos) + 2 + has_q)]
     for m, r in rows.items():
         cells = " | ".join(f"{r['per_combination'][c]:.3f}" for c in combos)
         ret = "–" if r["retention"] is None else f"{r['retention']:.3f}"
+        q = (" – |" if r.get("quality") is None else f" {r['quality']:.3f} |") if has_q else ""
         name = f"**{m}**" if s["claim"] and m == s["claim"]["default"] else m
-        lines.append(f"| {name} | {cells} | {r['mean']:.3f} ± {r['mean_stderr']:.3f} | {ret} |")
+        lines.append(f"| {name} | {cells} | {r['mean']:.3f} ± {r['mean_stderr']:.3f} | {ret} |{q}")
     c = s["claim"]
     if c:
         verdict = "HOLDS" if c["holds"] else "DOES NOT HOLD"

@@ -40,7 +40,8 @@ class EvalOptions(Options):
     base: Optional[str] = field(default=None, metadata=opt(
         "Base model whose confidence defines the quartiles (default: the evaluated model itself)."))
     metric: Dict[str, str] = field(default_factory=dict, metadata=opt(
-        "Metric of a task as NAME=METRIC (default exact); see README.", metavar="NAME=METRIC"))
+        "Metric of a task as NAME=METRIC: exact (default), prefix, logprob (no generation) or "
+        "package.module:function.", metavar="NAME=METRIC"))
     batch_size: int = field(default=32, metadata=opt("Prompts per generation batch."))
     max_new_tokens: int = field(default=32, metadata=opt("Generation length limit."))
     max_probes: Optional[int] = field(default=None, metadata=opt("Use only the first N probes of each file."))
@@ -53,7 +54,7 @@ class EvalOptions(Options):
 class Task:
     name: str
     probes: List[Probe]
-    metric: Callable[[str, Probe], bool]
+    metric: Optional[Callable[[str, Probe], bool]]  # None: log-probability only, no generation
     batches: list = field(default_factory=list)
     quartile_of: Optional[np.ndarray] = None  # [n_probes] in 0..3
 
@@ -98,7 +99,8 @@ class Evaluator:
         pad = pad_id_of(tokenizer)
         for name, path in tasks.items():
             probes = load_probes(path, limit=max_probes)
-            metric = METRICS.get(metrics.get(name, "exact"))
+            # "logprob": a quality measure (e.g. the base's own answers), scored without generating
+            metric = None if metrics.get(name) == "logprob" else METRICS.get(metrics.get(name, "exact"))
             toks = tokenize_all(probes, tokenizer, None, path)
             self.tasks[name] = Task(name, probes, metric, [b.to(device) for b in make_batches(toks, batch_size, pad)])
 
@@ -120,6 +122,11 @@ class Evaluator:
             conf, pooled = per_probe_logprob(runner, t.batches, len(t.probes))
             if t.quartile_of is None:
                 t.quartile_of = quartiles(conf)
+            if t.metric is None:
+                bar.update(len(t.probes))
+                out[t.name] = {"accuracy": None, "logprob": pooled, "n": len(t.probes),
+                               "quartiles": {q: None for q in QUARTILES}, "stderr": None, "correct": []}
+                continue
             preds: List[str] = []
             for s in range(0, len(t.probes), self.batch_size):
                 chunk = t.probes[s: s + self.batch_size]
@@ -166,5 +173,6 @@ def format_table(data: Dict[str, Any]) -> str:
     rows = [f"{'task':<16} {'acc':>6} {'logprob':>9} {'n':>5}   " + "  ".join(f"{q:>5}" for q in QUARTILES)]
     for name, t in data["tasks"].items():
         qs = "  ".join("    –" if t["quartiles"][q] is None else f"{t['quartiles'][q]:5.2f}" for q in QUARTILES)
-        rows.append(f"{name:<16} {t['accuracy']:6.3f} {t['logprob']:9.4f} {t['n']:5d}   {qs}")
+        acc = "     –" if t["accuracy"] is None else f"{t['accuracy']:6.3f}"
+        rows.append(f"{name:<16} {acc} {t['logprob']:9.4f} {t['n']:5d}   {qs}")
     return "\n".join(rows)

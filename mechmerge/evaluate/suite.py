@@ -3,6 +3,7 @@
     {"name": ..., "base": DIR, "experts": {NAME: DIR},
      "splits": {"score": {TASK: FILE}, "dev": {TASK: FILE}, "test": {TASK: FILE}},
      "retention": {"dev": {TASK: FILE}, "test": {TASK: FILE}},   # general skills every merge must keep
+     "quality": {"test": {TASK: FILE}},    # scored by log-probability only (e.g. the base's own answers)
      "metrics": {TASK: METRIC}, "max_new_tokens": N}
 
 Expert NAME and its task share a name. The zoo's manifest converts to a suite;
@@ -26,6 +27,7 @@ class Suite:
     experts: Dict[str, str]
     splits: Dict[str, Dict[str, str]]
     retention: Dict[str, Dict[str, str]] = field(default_factory=dict)
+    quality: Dict[str, Dict[str, str]] = field(default_factory=dict)
     metrics: Dict[str, str] = field(default_factory=dict)
     max_new_tokens: int = 32
 
@@ -57,6 +59,7 @@ class Suite:
             experts={k: rel(v) for k, v in d["experts"].items()},
             splits={s: {k: rel(v) for k, v in m.items()} for s, m in d["splits"].items()},
             retention={s: {k: rel(v) for k, v in m.items()} for s, m in d.get("retention", {}).items()},
+            quality={s: {k: rel(v) for k, v in m.items()} for s, m in d.get("quality", {}).items()},
             metrics=dict(d.get("metrics", {})), max_new_tokens=int(d.get("max_new_tokens", 32)),
         )
 
