@@ -1,5 +1,6 @@
 """Command line of the real-model pipeline; see `eval/real/runner.py` for how stages work.
 
+    python -m eval.real.pipeline --model smollm2                  # every stage, skipping what is done
     python -m eval.real.pipeline --model smollm2 --stages import,data
     python -m eval.real.pipeline --list
 """
@@ -43,7 +44,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m eval.real.pipeline",
                                  description="Real-model pipeline: cached, resumable stages.")
     ap.add_argument("--model", default="smollm2", help=f"one of: {', '.join(MODELS.names())}")
-    ap.add_argument("--stages", default="import,data", help="comma-separated stages to run (with missing requirements)")
+    ap.add_argument("--stages", default="all",
+                    help="comma-separated stages to run (with missing requirements); all: every stage, in order")
     ap.add_argument("--redo", default="", help="comma-separated stages to rebuild even if complete")
     ap.add_argument("--set", action="append", default=[], metavar="STAGE.KEY=VALUE", help="a stage parameter")
     ap.add_argument("--cache", default=None,
@@ -62,13 +64,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             for name in STAGES.names():
                 st = STAGES.get(name)
                 req = f" (needs {', '.join(st.requires)})" if st.requires else ""
-                print(f"  {name:<10} {state(ctx, name):<9} {st.doc}{req}")
+                print(f"  {name:<12} {state(ctx, name):<9} {st.doc}{req}")
             return 0
         if args.nice:
             os.nice(args.nice)
         ctx.threads = pick_threads(args.threads)
         ctx.log(f"torch threads: {ctx.threads} (load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")
-        names = [s for s in args.stages.split(",") if s]
+        names = STAGES.names() if args.stages == "all" else [s for s in args.stages.split(",") if s]
         redo = [s for s in args.redo.split(",") if s]
         run(ctx, names, redo)
     except UserError as e:

@@ -165,11 +165,22 @@ def run_stage(ctx: Context, st: Stage) -> Dict[str, Any]:
     return manifest
 
 
+def same_value(recorded: Any, raw: str) -> bool:
+    """Whether a value recorded in stage.json is what `--set` asks for (2 == 2.0, True == yes)."""
+    if isinstance(recorded, bool):
+        return recorded == (raw.lower() in ("1", "true", "yes", "on"))
+    if isinstance(recorded, (int, float)):
+        try:
+            return float(raw) == float(recorded)
+        except ValueError:
+            return False
+    return str(recorded).lower() == raw.lower()
+
+
 def param_note(ctx: Context, name: str) -> str:
     """' (built with K=V; pass --redo NAME ...)' when --set asks for other values than were used."""
     recorded = (manifest_of(ctx.artifact(name)) or {}).get("params", {})
-    differ = [k for k, v in ctx.params.items()
-              if k.startswith(name + ".") and str(recorded.get(k)).lower() != v.lower()]
+    differ = [k for k, v in ctx.params.items() if k.startswith(name + ".") and not same_value(recorded.get(k), v)]
     if not differ:
         return ""
     built = ", ".join(f"{k}={recorded.get(k)}" for k in differ)

@@ -1,0 +1,170 @@
+"""Stage `compare`: mechmerge's comparison harness on the specialists.
+
+Writes the suite JSON (`mechmerge/evaluate/suite.py`: base, experts, score/dev/test splits
+per specialist task, the verifiers as metrics, the base's plain answers as the quality
+task), measures what one merge, one calibration candidate, one dev and one test evaluation
+cost, projects the whole protocol from them (logged and kept in estimate.json), then runs
+`mechmerge.evaluate.compare.compare`. The harness keeps its per-candidate cache in
+`.work/compare/run/`, so a killed stage resumes; sizes can be grown later (2, then 2,3)
+and only the new combinations are computed. The hybrid scores of the `score` stage are
+handed to the harness (it would otherwise rescore everything exactly).
+
+Artifact: suite.json, estimate.json, results.{md,json,png}; results.md/png are also copied
+to eval/real/results/<model>/ (`compare.publish`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Dict, List
+
+import torch
+
+from mechmerge.evaluate.compare import TA_GRID, CompareOptions, compare
+from mechmerge.errors import UserError
+from mechmerge.evaluate.run import Evaluator
+from mechmerge.merge import engine as mk
+from mechmerge.models.checkpoint import Checkpoint
+from mechmerge.models.load import load_model, load_tokenizer, params_by_name
+from mechmerge.recipe import strategies
+from mechmerge.recipe.build import RecipeOptions, make_recipe
+from mechmerge.recipe.calibrate import ProbeScorer
+from mechmerge.recipe.defaults import DEFAULT
+from mechmerge.scores import read_scores
+
+from .. import metrics
+from ..artifacts import experts, probes_file, publish_dir, write_json
+from ..runner import Context, manifest_of, stage
+
+
+def write_suite(ctx: Context, path: Path, max_new: int) -> Dict[str, Any]:
+    specialists = experts(ctx)
+    # absolute: a suite file resolves relative paths against its own folder
+    suite = {
+        "name": f"{ctx.model.name}-ifeval",
+        "base": str(ctx.artifact("import").resolve()),
+        "experts": {n: str(p.resolve()) for n, p in specialists.items()},
+        "splits": {s: {n: str(probes_file(ctx, n, s).resolve()) for n in specialists} for s in ("score", "dev", "test")},
+        "quality": {"test": {"plain": str(probes_file(ctx, "plain", "test").resolve())}},
+        "metrics": {n: metrics.name_of(n) for n in specialists},
+        "max_new_tokens": max_new,
+    }
+    write_json(path, suite)
+    return suite
+
+
+def counts(k: int, candidates: int, guided: List[str]) -> Dict[str, int]:
+    """Work for one k-expert combination under the harness's protocol (compare.py)."""
+    grid = len(list(itertools.product(*strategies.get(DEFAULT.strategy).grid.values())))
+    n_guided = len(guided) + 2  # + the random and magnitude controls, both the default strategy
+    tuned = 3 + n_guided  # task_arithmetic, ties, dare_ties + guided
+    return {"calibration_merges": n_guided * grid, "dev_evals": 1 + tuned * min(candidates, len(TA_GRID)),
+            "test_evals": 1 + tuned, "reference_evals": k + 1}
+
+
+def estimate(ctx: Context, suite: Dict[str, Any], scores_path: Path, opts: CompareOptions) -> Dict[str, Any]:
+    """Time one merge, one calibration candidate, one dev and one test evaluation on the first
+    pair, and project the protocol (evaluation cost taken as proportional to the number of tasks)."""
+    names = list(suite["experts"])
+    pair = tuple(names[:2])
+    scores = read_scores(scores_path)
+    base = Checkpoint.open(suite["base"], "base")
+    tok = load_tokenizer([base])
+    model = load_model(base, torch.device("cpu"), torch.float32)
+    t: Dict[str, float] = {}
+    t0 = time.perf_counter()
+    cfg = make_recipe(RecipeOptions(scores=str(scores_path), out="", experts=pair, strategy="uniform",
+                                    param={"scale": "0.5"}, method="linear", calibrate=False, progress=False),
+                      data=scores, write=False).config
+    merged = mk.merge_in_memory(cfg, seed=opts.seed)
+    params = params_by_name(model)
+    with torch.no_grad():
+        for n, v in merged.items():
+            if n in params:
+                params[n].data.copy_(v)
+    t["merge"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    ProbeScorer(scores, list(pair), "cpu").recovery()  # includes loading its model once
+    t["calibration_forward"] = time.perf_counter() - t0
+    for split, limit in (("dev", opts.max_dev_probes), ("test", opts.max_test_probes)):
+        tasks = {n: suite["splits"][split][n] for n in pair}
+        mets = {n: suite["metrics"][n] for n in pair}
+        if split == "test":
+            tasks.update(suite["quality"]["test"])
+            mets.update({q: "logprob" for q in suite["quality"]["test"]})
+        ev = Evaluator(tasks, tok, mets, batch_size=opts.batch_size, max_new_tokens=suite["max_new_tokens"],
+                       max_probes=limit)
+        t0 = time.perf_counter()
+        ev.run(model, base.family)
+        t[f"{split}_eval"] = time.perf_counter() - t0
+    sizes = [int(s) for s in opts.sizes.split(",") if s]
+    total, per_k = 0.0, {}
+    for k in sizes:
+        c = counts(k, opts.candidates, list(opts.strategies_))
+        f = k / 2  # evaluation and calibration forwards scale with the number of tasks
+        merge = t["merge"] * f
+        one = (c["calibration_merges"] * (merge + t["calibration_forward"] * f)
+               + c["dev_evals"] * (merge + t["dev_eval"] * f)
+               + c["test_evals"] * (merge + t["test_eval"] * f) + c["reference_evals"] * t["test_eval"] * f)
+        n_combos = len(list(itertools.combinations(names, k)))
+        per_k[k] = {"combinations": n_combos, "per_combination_s": one, **c}
+        total += one * n_combos
+    return {"measured_s": t, "per_size": per_k, "total_hours": total / 3600, "pair": list(pair)}
+
+
+@stage("compare", artifact="compare", requires=("finetune", "score"))
+def compare_stage(ctx: Context, out: Path) -> Dict[str, Any]:
+    """mechmerge's comparison harness (guided mix vs tuned uniform merges, random/magnitude controls)."""
+    work = ctx.work("compare")
+    run_dir = work / "run"
+    scores_src = ctx.artifact("score") / "scores.json"
+    built = manifest_of(ctx.artifact("score"))["built_id"]
+    stamp = run_dir / "scores.built_id"
+    if run_dir.exists() and (not stamp.is_file() or stamp.read_text() != built):
+        ctx.log(f"  the scores were rebuilt since {run_dir} was started: starting over")
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not (run_dir / "scores.json").is_file():
+        shutil.copyfile(scores_src, run_dir / "scores.json")
+        stamp.write_text(built)
+    max_new = ctx.param("compare.max_new_tokens", 96)
+    suite = write_suite(ctx, work / "suite.json", max_new)
+    opts = CompareOptions(
+        suite=str(work / "suite.json"), out=str(run_dir), sizes=ctx.param("compare.sizes", "2,3"),
+        candidates=ctx.param("compare.candidates", 3),
+        strategies_=tuple(s for s in ctx.param("compare.strategies", DEFAULT.strategy).split(",") if s),
+        score_method="hybrid", seed=ctx.param("compare.seed", 0), batch_size=ctx.param("compare.batch_size", 64),
+        max_dev_probes=ctx.param("compare.max_dev_probes", 16) or None,
+        max_test_probes=ctx.param("compare.max_test_probes", 32) or None, device="cpu",
+        progress=ctx.param("compare.progress", True))
+    est_file = work / f"estimate-{opts.sizes}.json"
+    if est_file.is_file():
+        est = json.loads(est_file.read_text())
+    else:
+        est = estimate(ctx, suite, run_dir / "scores.json", opts)
+        write_json(est_file, est)
+    ctx.log(f"  estimate: {est['total_hours']:.1f} h for sizes {opts.sizes} "
+            f"(one merge {est['measured_s']['merge']:.0f}s, calibration forward {est['measured_s']['calibration_forward']:.0f}s, "
+            f"dev eval {est['measured_s']['dev_eval']:.0f}s, test eval {est['measured_s']['test_eval']:.0f}s on a pair)")
+    if ctx.param("compare.estimate_only", False):
+        raise UserError(f"compare.estimate_only: stopped after the estimate ({est_file})")
+    t0 = time.perf_counter()
+    data = compare(opts)
+    seconds = time.perf_counter() - t0
+    shutil.copyfile(work / "suite.json", out / "suite.json")
+    write_json(out / "estimate.json", est)
+    for f in ("results.md", "results.json", "results.png"):
+        shutil.copyfile(run_dir / f, out / f)
+    dest = publish_dir(ctx, "compare")
+    for f in ("results.md", "results.png"):
+        shutil.copyfile(run_dir / f, dest / f)
+    s = data["summary"]
+    return {"sizes": opts.sizes, "candidates": opts.candidates, "max_dev_probes": opts.max_dev_probes,
+            "max_test_probes": opts.max_test_probes, "estimate_hours": est["total_hours"], "seconds_this_run": seconds,
+            "mean_test": {m: r["mean"] for m, r in s["methods"].items()},
+            "quality": {m: r["quality"] for m, r in s["methods"].items()},
+            "claim": s["claim"], "controls": s["controls"]}

@@ -1,0 +1,205 @@
+"""Every stage after `data` on a random SmolLM2-shaped model (2 layers, tiny hidden, the char
+tokenizer), with canned answers standing in for the base's generations: the real code
+paths of finetune, eval_experts, score, heatmaps, compare (1 pair, 1 candidate) and report,
+plus mechmerge recipe -> merge -> eval on what they produce. No real model, no download.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root, for `eval.real`
+
+from eval.real import runner  # noqa: E402
+from eval.real.models import ModelSpec  # noqa: E402
+
+# SmolLM2-135M-Instruct's config (llama, GQA 3:1, tied embeddings), shrunk.
+SMOLLM2 = dict(hidden_act="silu", rms_norm_eps=1e-5, rope_theta=100000.0, tie_word_embeddings=True,
+               attention_bias=False, mlp_bias=False, max_position_embeddings=1024)
+SHRUNK = dict(hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=6,
+              num_key_value_heads=2, head_dim=8)
+PAIR = ["json", "bullets"]
+SETS = {"data.n_train": 12, "data.n_score": 4, "data.n_dev": 4, "data.n_test": 4, "data.spare": 0.5,
+        "finetune.constraints": ",".join(PAIR), "finetune.epochs": 2, "finetune.max_new_tokens": 8,
+        "finetune.checkpoint_every": 2, "eval_experts.max_new_tokens": 8, "score.exact_probes": 2,
+        "score.progress": False, "compare.sizes": 2, "compare.candidates": 1, "compare.max_dev_probes": 2,
+        "compare.max_test_probes": 2, "compare.max_new_tokens": 8, "compare.progress": False}
+
+
+def tiny_smollm2(path: Path) -> Path:
+    import transformers as tf
+
+    from mechmerge.zoo.tokenizer import BOS_ID, EOS_ID, PAD_ID, build_char_tokenizer, vocab_size
+
+    torch.manual_seed(0)
+    cfg = tf.LlamaConfig(vocab_size=vocab_size(), bos_token_id=BOS_ID, eos_token_id=EOS_ID, pad_token_id=PAD_ID,
+                         **SMOLLM2, **SHRUNK)
+    tf.AutoModelForCausalLM.from_config(cfg).save_pretrained(path)
+    build_char_tokenizer().save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    """(ctx, logs, manifests) after running every stage once."""
+    from eval.real import stages  # noqa: F401  (registers the stages)
+    from eval.real.generate import Generation
+    from eval.real.stages import data
+
+    tmp = tmp_path_factory.mktemp("real")
+    logs = []
+    spec = ModelSpec("tiny-smollm2", lambda work: work / "x.gguf", "none", gen_batch_size=8)
+    ctx = runner.Context(spec, tmp / "tiny-smollm2", log=logs.append)
+    tiny_smollm2(ctx.artifact("import"))
+    (ctx.artifact("import") / runner.MANIFEST).write_text(json.dumps({"params": {}, "built_id": "import-1"}))
+
+    def canned(model, tok, prompts, journal, fingerprint, max_new, batch_size, fmt, log):
+        return {p: Generation(f"Sure. This is about {p.lower()} It is a fine topic. People like it a lot.", True, 30)
+                for p in prompts}, {"new_tokens": 0}
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(data, "generate_cached", canned)
+    mp.setattr(data, "MIN_WORDS", 5)
+    ctx.params = {k: str(v) for k, v in SETS.items()}
+    ctx.params.update({"compare.publish": str(tmp / "published"), "report.publish": str(tmp / "published")})
+    torch.set_num_threads(1)
+    try:
+        manifests = runner.run(ctx, runner.STAGES.names())
+    finally:
+        mp.undo()
+    return ctx, logs, manifests
+
+
+def test_specialists_are_plain_model_dirs(pipeline):
+    from mechmerge.models.checkpoint import Checkpoint, check_compatible
+
+    ctx, _, m = pipeline
+    ft = json.loads((ctx.artifact("finetune") / "finetune.json").read_text())
+    assert ft["specialists"] == PAIR and ft["seed"] == 0
+    base = Checkpoint.open(str(ctx.artifact("import")))
+    for name in PAIR:
+        d = ctx.artifact("finetune") / name
+        assert (d / "model.safetensors").is_file() and (d / "tokenizer.json").is_file()
+        ck = Checkpoint.open(str(d))
+        check_compatible(base, ck)
+        assert not torch.equal(ck.get("model.layers.0.mlp.down_proj.weight"),
+                               base.get("model.layers.0.mlp.down_proj.weight"))
+        r = ft["records"][name]
+        assert r["steps"] == 4 and r["seconds"] > 0 and r["final_loss"] > 0
+        assert 0 <= r["dev_before"]["pass_rate"] <= 1 and r["dev_after"]["n"] == 4
+    assert [p.name for p in sorted((ctx.artifact("finetune") / "checkpoints").iterdir())] == \
+        ["json-step1", "json-step3"]
+    assert not list(ctx.work("finetune").rglob("state.pt"))  # removed once a specialist is saved
+
+
+def test_every_stage_ran_and_a_rerun_skips(pipeline):
+    ctx, logs, m = pipeline
+    assert set(m) == set(runner.STAGES.names())
+    ev = json.loads((ctx.artifact("eval_experts") / "results.json").read_text())
+    assert set(ev["results"]) == {"base", *PAIR} and ev["constraints"] == PAIR
+    assert all(0 <= ev["results"][x][c]["accuracy"] <= 1 for x in ev["results"] for c in PAIR)
+    agree = json.loads((ctx.artifact("score") / "agreement.json").read_text())
+    assert -1 <= agree["hybrid_vs_exact"]["spearman"] <= 1 and agree["exact_probes"] == 2
+    scores = json.loads((ctx.artifact("score") / "scores.json").read_text())
+    assert scores["method"] == "hybrid" and set(scores["experts"]) == set(PAIR)
+    assert len(list((ctx.artifact("heatmaps") / "hybrid").glob("*.png"))) == 2
+    res = json.loads((ctx.artifact("compare") / "results.json").read_text())
+    assert list(res["combinations"]) == ["json+bullets"] and "guided:mix" in res["summary"]["methods"]
+    readme = (Path(ctx.params["report.publish"]) / "README.md").read_text()
+    for section in ("Stage runtimes", "Fine-tuned specialists", "Weight Patching", "Heatmaps", "guided:mix"):
+        assert section in readme
+    logs.clear()
+    runner.run(ctx, runner.STAGES.names())
+    assert sum("complete, skipped" in line for line in logs) == len(runner.STAGES.names())
+
+
+def test_recipe_merge_eval_on_the_specialists(pipeline, tmp_path):
+    """The specialists and their scores go through mechmerge's own recipe -> merge -> eval."""
+    from mechmerge.evaluate.run import EvalOptions, evaluate
+    from mechmerge.merge.run import MergeRunOptions, merge
+    from mechmerge.recipe.build import RecipeOptions, make_recipe
+
+    ctx, _, _ = pipeline
+    recipe = make_recipe(RecipeOptions(scores=str(ctx.artifact("score") / "scores.json"), out=str(tmp_path / "r.yaml"),
+                                       progress=False))
+    assert recipe.strategy == "mix" and recipe.calibration
+    out = merge(MergeRunOptions(recipe=str(tmp_path / "r.yaml"), out=str(tmp_path / "merged")))
+    data = ctx.artifact("data")
+    res = evaluate(EvalOptions(model=str(out), probes={c: str(data / c / "test.jsonl") for c in PAIR},
+                               metric={c: f"eval.real.metrics:{c}" for c in PAIR}, max_new_tokens=4,
+                               base=str(ctx.artifact("import")), progress=False))
+    assert set(res["tasks"]) == set(PAIR)
+
+
+def test_training_resumes_exactly(tmp_path):
+    """A fine-tune killed after a checkpoint and resumed ends with the same weights."""
+    from transformers import AutoModelForCausalLM
+
+    from eval.real.train import FinetuneConfig, train
+    from mechmerge.probes import Probe
+    from mechmerge.zoo.tokenizer import build_char_tokenizer
+
+    base = tiny_smollm2(tmp_path / "base")
+    tok = build_char_tokenizer()
+    task = [Probe(messages=(("user", f"say {w}"), ("assistant", w.upper())), response=w.upper(), line=i)
+            for i, w in enumerate(["ab", "cd", "ef", "gh", "ij", "kl"])]
+    replay = [Probe(messages=(("user", f"say {w}"), ("assistant", w)), response=w, line=i)
+              for i, w in enumerate(["mn", "op", "qr"])]
+    cfg = FinetuneConfig(lr=1e-3, epochs=3, batch_size=4, replay=0.25, warmup=2, checkpoint_every=2)
+    torch.set_num_threads(1)
+
+    def run(work: Path, stop_at=None):
+        model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+
+        def hook(step, loss):
+            if step == stop_at:
+                raise KeyboardInterrupt
+
+        try:
+            train(model, tok, task, replay, cfg, work, on_step=hook, log=lambda m: None)
+        except KeyboardInterrupt:
+            return None
+        return model
+
+    whole = run(tmp_path / "a")
+    assert run(tmp_path / "b", stop_at=5) is None and (tmp_path / "b" / "state.pt").is_file()
+    resumed = run(tmp_path / "b")
+    for (n, p), (_, q) in zip(whole.named_parameters(), resumed.named_parameters()):
+        assert torch.equal(p, q), n
+
+
+def test_loss_on_response_positions_matches_full_logits(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from eval.real.train import IGNORE, loss_on
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_smollm2(tmp_path / "m"), dtype=torch.float32)
+    ids = torch.randint(5, 90, (3, 20), generator=torch.Generator().manual_seed(0))
+    tgt = torch.full_like(ids, IGNORE)
+    tgt[:, 8:19] = ids[:, 9:]
+    full = torch.nn.functional.cross_entropy(model(input_ids=ids).logits.flatten(0, 1), tgt.flatten(),
+                                             ignore_index=IGNORE)
+    assert torch.allclose(loss_on(model, ids, tgt), full, atol=1e-5)
+
+
+def test_metrics_read_the_constraint_from_the_probe():
+    from eval.real.metrics import bullets, end_phrase, json as json_metric, kwargs_of
+    from mechmerge.errors import UserError
+    from mechmerge.probes import Probe
+
+    def probe(prompt, response):
+        return Probe(messages=(("user", prompt), ("assistant", response)), response=response)
+
+    b = probe("Tell me. Answer in exactly 2 bullet points, each on its own line starting with '* '.", "* a\n* b")
+    assert kwargs_of("bullets", b) == {"n": 2} and bullets("* x\n* y", b) and not bullets("* x", b)
+    e = probe('Tell me. End your answer with the exact phrase "Hope this helps!"', "Yes. Hope this helps!")
+    assert end_phrase("Fine. hope this helps!", e) and not end_phrase("Hope this helps! Bye.", e)
+    j = probe('Tell me. Return your whole answer as a JSON object of the form {"answer": "..."}.', '{"answer": "x"}')
+    assert json_metric('```json\n{"answer": "y"}\n```', j) and not json_metric('{"answer": ""}', j)
+    with pytest.raises(UserError, match="reference answer fails"):
+        kwargs_of("bullets", probe("Answer in exactly 3 bullet points.", "* a\n* b"))
