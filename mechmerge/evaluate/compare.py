@@ -205,7 +205,9 @@ def combos(experts: List[str], sizes: str) -> List[Tuple[str, ...]]:
     return out
 
 
-def compare(opts: CompareOptions) -> Dict[str, Any]:
+def build_harness(opts: CompareOptions) -> Harness:
+    """Everything the comparison needs, loaded once: suite, scores (computed if missing),
+    dev/test evaluators with quartiles fixed by the base, one model to load merges into."""
     suite = resolve_suite(opts.suite)
     suite.check()
     out = Path(opts.out)
@@ -238,14 +240,19 @@ def compare(opts: CompareOptions) -> Dict[str, Any]:
     test_ev.set_quartiles(model, base.family)
     cache_file = out / "cache.json"
     cache = json.loads(cache_file.read_text()) if cache_file.exists() else {}
-    h = Harness(opts, suite, scores, out, dev_ev, test_ev, model, base.family, cache)
-    results = {"+".join(c): h.run_combo(c) for c in combos(list(suite.experts), opts.sizes)}
+    return Harness(opts, suite, scores, out, dev_ev, test_ev, model, base.family, cache)
+
+
+def compare(opts: CompareOptions) -> Dict[str, Any]:
+    h = build_harness(opts)
+    results = {"+".join(c): h.run_combo(c) for c in combos(list(h.suite.experts), opts.sizes)}
     from .report import summarize, write_report
 
-    summary = summarize(results, suite, default=f"guided:{DEFAULT.strategy}")
-    data = {"suite": suite.name, "protocol": {"candidates": opts.candidates, "sizes": opts.sizes, "seed": opts.seed,
-                                              "score_method": opts.score_method, "default": DEFAULT.strategy},
+    summary = summarize(results, h.suite, default=f"guided:{DEFAULT.strategy}")
+    data = {"suite": h.suite.name, "protocol": {"candidates": opts.candidates, "sizes": opts.sizes,
+                                                "seed": opts.seed, "score_method": opts.score_method,
+                                                "default": DEFAULT.strategy},
             "summary": summary, "combinations": results}
-    atomic_write_text(out / "results.json", dumps(data))
-    write_report(data, out)
+    atomic_write_text(h.out / "results.json", dumps(data))
+    write_report(data, h.out)
     return data

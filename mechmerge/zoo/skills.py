@@ -156,3 +156,19 @@ def count(rng: random.Random) -> Pair:
     c = rng.choice(LOWER[:5])
     s = text(rng, LOWER[:5], 3, 9)
     return f"count:{c}:{s}=", str(s.count(c))
+
+
+# --- latent forms ----------------------------------------------------------------------
+# A pretrained language model already holds most of what a fine-tune teaches it; the
+# fine-tune mostly binds an instruction to a computation the model can do. The zoo's
+# base therefore sees every specialist computation during pretraining, but behind a
+# one-character marker instead of its instruction keyword ("!abc=" -> "cba"), and never
+# in the instruction format ("rev:abc="), on which it scores ~0%. A specialist then
+# learns the binding with a small update, which is what makes fine-tunes mergeable.
+LATENT_MARKS = {"rev": "!", "swap": "#", "shift": "$", "upper": "%", "sort": "&", "dedup": "*", "add": "?",
+                "count": "@"}
+
+
+def latent_prompt(name: str, prompt: str) -> str:
+    """The latent form of an instruction prompt: 'rev:abc=' -> '!abc='."""
+    return LATENT_MARKS[name] + prompt[len(name) + 1:]
