@@ -115,7 +115,8 @@ class Harness:
                                score=score, calibrate=True, progress=False, seed=self.opts.seed,
                                param={k: str(v) for k, v in (DEFAULT.params if name == DEFAULT.strategy else {}).items()})
             r = make_recipe(ro, data=self.scores, write=False)
-            table = sorted(r.calibration or [{"params": r.params, "objective": 0.0}], key=lambda t: -t["objective"])
+            table = sorted(r.calibration or [{"params": r.params, "rank_key": (0.0,)}], key=lambda t: t["rank_key"],
+                           reverse=True)
             self.cache[key] = {"score": score, "params": [t["params"] for t in table[: self.opts.candidates]]}
             self._save_cache()
         c = self.cache[key]

@@ -127,17 +127,25 @@ class LayerRunner:
         in chunks, so the cost does not scale with the prompt and memory stays bounded
         for large vocabularies.
         """
+        return self.response_scores(final_input, batch)[0]
+
+    def response_scores(self, final_input: torch.Tensor, batch: ProbeBatch) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(log-probability [N], whether the token is the argmax [N]) of each response token."""
         h = final_input[batch.rows, batch.positions]
         vocab = self.lm_head.weight.shape[0]
         chunk = max(1, LOGIT_CHUNK_ELEMENTS // vocab)
-        out = []
+        lps, hits = [], []
         for s in range(0, h.shape[0], chunk):
             logits = self.lm_head(self.final_norm(h[s: s + chunk])).float()
             if self.softcap:
                 logits = torch.tanh(logits / self.softcap) * self.softcap
             lp = torch.log_softmax(logits, dim=-1)
-            out.append(lp.gather(1, batch.targets[s: s + chunk, None]).squeeze(1))
-        return torch.cat(out) if out else h.new_zeros(0)
+            tgt = batch.targets[s: s + chunk, None]
+            lps.append(lp.gather(1, tgt).squeeze(1))
+            hits.append(logits.argmax(-1) == tgt.squeeze(1))
+        if not lps:
+            return h.new_zeros(0), torch.zeros(0, dtype=torch.bool, device=h.device)
+        return torch.cat(lps), torch.cat(hits)
 
     def response_states(self, hidden: torch.Tensor, batch: ProbeBatch) -> torch.Tensor:
         """Hidden states at the positions that predict response tokens, [N, H]."""

@@ -44,6 +44,9 @@ class RecipeOptions(Options):
     calibrate: Optional[bool] = field(default=None, metadata=opt(
         "Choose the strategy's scale and parameters on the scoring probes (in-memory merges). "
         "Default: on for the default strategy, off otherwise.", flag="calibrate/--no-calibrate"))
+    objective: str = field(default="sequence_accuracy", metadata=opt(
+        "Calibration objective on the scoring probes: sequence_accuracy (share of probes answered exactly under "
+        "teacher forcing), token_accuracy, or recovery (of the mean log-probability); ties fall to the others."))
     device: str = field(default="auto", metadata=opt("Device for calibration merges and forwards."))
     seed: int = field(default=0, metadata=opt("Seed for random methods (dare_*, della*)."))
     force: bool = field(default=False, metadata=opt("Overwrite an existing recipe."))
@@ -126,6 +129,12 @@ def make_recipe(opts: RecipeOptions, data: Optional[Dict[str, Any]] = None, writ
                            unit_tensors=unit_tensors, weights=w, per_model_params=per_model, shared_params=shared)
         return cfg, w
 
+    from .calibrate import OBJECTIVES
+
+    if opts.objective not in OBJECTIVES:
+        from ..errors import unknown
+
+        raise unknown("calibration objective", opts.objective, OBJECTIVES)
     calibrate = opts.calibrate if opts.calibrate is not None else (opts.strategy is None and DEFAULT.calibrate)
     table = None
     params = dict(user_params)
@@ -155,7 +164,8 @@ def _header(opts: RecipeOptions, data: Dict[str, Any], strategy: str, params: Di
     if table:
         best = max(table, key=lambda r: r["objective"])
         lines.append(f"calibrated on the scoring probes over {len(table)} candidates: "
-                     f"mean recovery {best['objective']:.4f} (per expert: {_fmt(best['recovery'])})")
+                     f"{opts.objective} {best['objective']:.4f} (per expert: {_fmt(best[opts.objective])}; "
+                     f"log-prob recovery {_fmt(best['recovery'])})")
     return lines
 
 

@@ -2,10 +2,14 @@
 
 Each candidate recipe is merged in memory by mergekit's own engine, loaded into one
 model instance, and scored on the probe sets recorded in the scores file (the scoring
-split; never evaluation data). The objective is the mean over experts of the
-recovery (m_e(merged) - m_e(B)) / (m_e(E) - m_e(B)), using the baselines stored in
-the scores file, so 1.0 means every expert's probes are as likely under the merge as
-under the expert itself.
+split; never evaluation data). The objective is the mean over experts of one of:
+sequence_accuracy (default): the share of probes whose every response token is the
+merged model's argmax under teacher forcing, i.e. what greedy evaluation counts (up
+to stopping); token_accuracy: the share of response tokens that are; recovery: of the mean
+log-probability, (m_e(merged) - m_e(B)) / (m_e(E) - m_e(B)) with the scores file's
+baselines. Log-probability rewards merges that make the reference likely without
+making it the answer; on the zoo it preferred flatter merges than accuracy did
+(README, "Calibration objective"). Ties are broken by the other measures in turn.
 """
 
 from __future__ import annotations
@@ -21,7 +25,6 @@ from ..errors import UserError
 from ..merge import engine as mk
 from ..models.checkpoint import Checkpoint
 from ..models.load import load_model, load_tokenizer, params_by_name, resolve_device, resolve_dtype
-from ..patching.engine import measure_m
 from ..patching.runner import LayerRunner
 from ..probes import file_sha256, load_probes, make_batches, pad_id_of, tokenize_all
 
@@ -53,13 +56,33 @@ class ProbeScorer:
             if name in self.params:
                 self.params[name].data.copy_(t)
 
-    def recovery(self) -> Dict[str, float]:
+    def measure(self) -> Dict[str, Dict[str, float]]:
+        """Per expert, on its scoring probes (teacher forced): log-prob recovery
+        (m − m(B)) / (m(E) − m(B)), token accuracy (share of response tokens that are the
+        argmax) and sequence accuracy (share of probes whose every token is: the greedy
+        answer, up to stopping)."""
         out = {}
         for e in self.experts:
             bl = self.data["experts"][e]["baseline"]
-            lp, n = measure_m(self.runner, self.batches[e])
-            out[e] = (lp / n - bl["base"]) / bl["gap"] if bl["gap"] else 0.0
+            lp_sum, n, hit_sum, seq_ok, n_probes = 0.0, 0, 0, 0, 0
+            with torch.no_grad():
+                for b in self.batches[e]:
+                    tr = self.runner.trace(b, keep_inputs=False)
+                    lp, hit = self.runner.response_scores(tr.inputs[-1], b)
+                    lp_sum += float(lp.double().sum())
+                    n += b.n_tokens
+                    hit_sum += int(hit.sum())
+                    wrong = torch.zeros(int(b.probe_index.max()) + 1, dtype=torch.long, device=hit.device)
+                    wrong.index_add_(0, b.probe_index, (~hit).long())
+                    present = torch.unique(b.probe_index)
+                    seq_ok += int((wrong[present] == 0).sum())
+                    n_probes += int(present.numel())
+            out[e] = {"recovery": (lp_sum / n - bl["base"]) / bl["gap"] if bl["gap"] else 0.0,
+                      "token_accuracy": hit_sum / n, "sequence_accuracy": seq_ok / n_probes}
         return out
+
+
+OBJECTIVES = ("recovery", "token_accuracy", "sequence_accuracy")
 
 
 def candidates(grid: Dict[str, List[Any]], fixed: Dict[str, Any]) -> List[Dict[str, Any]]:
@@ -78,7 +101,17 @@ def calibrate(strategy, fixed: Dict[str, Any], config_for: Callable[[Dict[str, A
     for params in tqdm(cands, desc=f"calibrating {strategy.name}", file=sys.stderr, disable=not opts.progress):
         cfg, _ = config_for(params)
         scorer.load(mk.merge_in_memory(cfg, seed=opts.seed))
-        rec = scorer.recovery()
-        table.append({"params": params, "recovery": rec, "objective": sum(rec.values()) / len(rec)})
-    best = max(table, key=lambda r: r["objective"])  # first best wins: deterministic
+        meas = scorer.measure()
+        row = {"params": params, **{k: {e: m[k] for e, m in meas.items()} for k in OBJECTIVES}}
+        row["objective"] = sum(row[opts.objective].values()) / len(meas)
+        row["rank_key"] = rank_key(row, opts.objective)
+        table.append(row)
+    best = max(table, key=lambda r: r["rank_key"])  # first best wins: deterministic
     return dict(best["params"]), table
+
+
+def rank_key(row: Dict[str, Any], objective: str) -> Tuple[float, ...]:
+    """The objective first, then the other measures in OBJECTIVES order as tie-breaks
+    (sequence accuracy ties often, e.g. at 0 for long responses)."""
+    order = [objective] + [o for o in ("sequence_accuracy", "token_accuracy", "recovery") if o != objective]
+    return tuple(round(sum(row[o].values()) / len(row[o]), 12) for o in order)

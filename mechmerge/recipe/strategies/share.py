@@ -15,7 +15,7 @@ def shares(view: ScoreView, power: float = 1.0) -> np.ndarray:
     return np.where(total > 0, s / np.where(total > 0, total, 1.0), even)
 
 
-@strategy("share", grid={"scale": [0.5, 0.75, 1.0, 1.25, 1.5, 2.0]})
+@strategy("share", grid={"scale": [1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0]})
 def share(view: ScoreView, *, scale: float = 1.0, power: float = 1.0) -> np.ndarray:
     """Each unit's weight split across experts in proportion to their scores.
 
