@@ -89,6 +89,24 @@ def naive(args) -> dict:
             "model_mb": sum(p.numel() * p.element_size() for p in mb.parameters()) / 2 ** 20}
 
 
+def activation_mb(args) -> float:
+    """What exact scoring keeps of activations: every block's input for every probe batch
+    (one trace group when they fit in --cache-mb), float32."""
+    import json as _json
+
+    from mechmerge.models.checkpoint import Checkpoint
+    from mechmerge.models.load import load_tokenizer
+    from mechmerge.probes import load_probes, make_batches, pad_id_of, tokenize_all
+
+    base = Checkpoint.open(args.base)
+    tok = load_tokenizer([base])
+    batches = make_batches(tokenize_all(load_probes(args.probes, limit=args.max_probes), tok, None),
+                           args.batch_size, pad_id_of(tok))
+    cfg = _json.loads((base.path / "config.json").read_text())
+    tokens = sum(b.input_ids.numel() for b in batches)
+    return (base.num_layers + 1) * tokens * cfg["hidden_size"] * 4 / 2 ** 20
+
+
 def mechmerge_score(args, method: str) -> dict:
     from mechmerge.patching.score import ScoreOptions, score
 
@@ -101,7 +119,9 @@ def mechmerge_score(args, method: str) -> dict:
     mods = data["experts"]["x"]["modules"]
     return {"seconds": time.perf_counter() - t0, "peak_rss_mb": rss_mb(), "rss_before_mb": r0,
             "scores": {u: {"patch_in": s["patch_in"], "knockout": s["knockout"]} for u, s in mods.items()},
-            "exact_units": sum(s["method"] == "exact" for s in mods.values())}
+            "exact_units": sum(s["method"] == "exact" for s in mods.values()),
+            "model_mb": __import__("mechmerge.models.checkpoint", fromlist=["Checkpoint"]).Checkpoint.open(
+                args.base).nbytes() / 2 ** 20, "activation_mb": activation_mb(args)}
 
 
 def child(args) -> None:
@@ -187,9 +207,41 @@ def main() -> None:
                 report["methods"][m]["speedup_vs_exact"] = res["exact"]["seconds"] / res[m]["seconds"]
         if "naive" in res:
             report["methods"]["exact"]["speedup_vs_naive"] = res["naive"]["seconds"] / res["exact"]["seconds"]
+        ex = res["exact"]
+        # target: peak memory of exact scoring <= 1.3 x model bytes + activations, i.e. this <= 1.3
+        report["methods"]["exact"]["memory_over_model"] = (
+            ex["peak_rss_mb"] - ex["rss_before_mb"] - ex["activation_mb"]) / ex["model_mb"]
         report["merge"] = time_merge(args)
     Path(args.out, "bench.json").write_text(json.dumps(report, indent=1))
-    print(json.dumps(report, indent=1))
+    Path(args.out, "bench.md").write_text(markdown(report))
+    print(markdown(report))
+
+
+def markdown(report: dict) -> str:
+    rows = ["| method | wall time | speed-up | peak RSS | agreement with exact (patch_in / knockout) |",
+            "|---|---:|---:|---:|---|"]
+    m = report["methods"]
+    for name, r in m.items():
+        if name == "exact":
+            sp = f"{r['speedup_vs_naive']:.2f}x vs naive" if "speedup_vs_naive" in r else ""
+            agree = "reference"
+        else:
+            sp = "1.00x (baseline)" if name == "naive" else f"{r['speedup_vs_exact']:.1f}x vs exact"
+            v = r.get("vs_exact", {})
+            agree = " / ".join(f"Spearman {v[k]['spearman']:.3f}, top-10 {v[k]['top10_overlap']}/10, "
+                               f"max diff {v[k]['max_abs_diff']:.1e}" for k in ("patch_in", "knockout") if k in v)
+        rows.append(f"| {name} | {r['seconds']:.1f} s | {sp} | {r['peak_rss_mb']:.0f} MB | {agree} |")
+    ex = m.get("exact", {})
+    if "memory_over_model" in ex:
+        rows.append("")
+        rows.append(f"Exact scoring memory: peak RSS minus the process before loading, minus the recorded activations "
+                    f"({ex['activation_mb']:.0f} MB), is {ex['memory_over_model']:.2f}x the base model's "
+                    f"{ex['model_mb']:.0f} MB (target <= 1.3).")
+    if "merge" in report:
+        mg = report["merge"]
+        rows.append(f"Merge of the same recipe: mergekit-yaml {mg['mergekit-yaml']:.1f} s, mechmerge merge "
+                    f"{mg['mechmerge merge']:.1f} s ({100 * mg['overhead']:+.1f}%, target <= +5%).")
+    return "\n".join(rows) + "\n"
 
 
 if __name__ == "__main__":

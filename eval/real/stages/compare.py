@@ -88,7 +88,7 @@ def estimate(ctx: Context, suite: Dict[str, Any], scores_path: Path, opts: Compa
                 params[n].data.copy_(v)
     t["merge"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    ProbeScorer(scores, list(pair), "cpu").recovery()  # includes loading its model once
+    ProbeScorer(scores, list(pair), "cpu").measure()  # includes loading its model once
     t["calibration_forward"] = time.perf_counter() - t0
     for split, limit in (("dev", opts.max_dev_probes), ("test", opts.max_test_probes)):
         tasks = {n: suite["splits"][split][n] for n in pair}
