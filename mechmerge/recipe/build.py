@@ -49,7 +49,10 @@ class RecipeOptions(Options):
         "teacher forcing), token_accuracy, or recovery (of the mean log-probability); ties fall to the others."))
     device: str = field(default="auto", metadata=opt("Device for calibration merges and forwards."))
     seed: int = field(default=0, metadata=opt("Seed for random methods (dare_*, della*)."))
-    force: bool = field(default=False, metadata=opt("Overwrite an existing recipe."))
+    derive_dir: Optional[str] = field(default=None, metadata=opt(
+        "Head-granularity scores only: where to write the derived experts the recipe references "
+        "(default: RECIPE_STEM.experts/ beside the recipe)."))
+    force: bool = field(default=False, metadata=opt("Overwrite an existing recipe (and derived experts)."))
     progress: bool = field(default=True, metadata=opt("Progress bar during calibration."))
 
 
@@ -71,8 +74,8 @@ def unit_tensor_map(data: Dict[str, Any]) -> Tuple[List[str], Dict[str, List[str
     base = Checkpoint.open(data["base"], "base")
     units = discover_units(param_order(base), base.family, base.num_layers, data["granularity"], base.config)
     if data["granularity"] == "head":
-        raise UserError("head-granularity scores cannot be written as per-tensor weights; "
-                        "use `mechmerge recipe --derive-heads` (see README)")
+        raise UserError("head-granularity scores have no per-tensor weights; make_recipe folds them "
+                        "into derived experts")  # internal: callers branch before this
     by_name = {u.name: list(u.tensors) for u in units}
     names = list(data["units"])
     missing = [u for u in names if u not in by_name]
@@ -120,6 +123,8 @@ def make_recipe(opts: RecipeOptions, data: Optional[Dict[str, Any]] = None, writ
 
         raise unknown("merge method", opts.method, engine.SUPPORTED_METHODS)
     per_model, shared = parse_method_params(opts.method, dict(opts.method_param))
+    if data["granularity"] == "head":
+        return _head_recipe(opts, data, strat, view, user_params, key, per_model, shared, write)
     units, unit_tensors, tensors = unit_tensor_map(data)
     experts = {e: data["experts"][e]["model"] for e in view.experts}
 
@@ -149,6 +154,49 @@ def make_recipe(opts: RecipeOptions, data: Optional[Dict[str, Any]] = None, writ
     recipe = Recipe(cfg, to_yaml(cfg, header), strat.name, params, key, w, view.experts, units, table)
     if write:
         atomic_write_text(opts.out, recipe.text)
+    return recipe
+
+
+def _head_recipe(opts: RecipeOptions, data: Dict[str, Any], strat, view: ScoreView, params: Dict[str, Any], key: str,
+                 per_model: Dict[str, Any], shared: Dict[str, Any], write: bool) -> Recipe:
+    """Per-head weights folded into derived experts (see heads.py); no calibration, since
+    every candidate would need its own derived experts on disk."""
+    from . import heads
+
+    if opts.calibrate:
+        raise UserError("--calibrate is not available for head-granularity scores; set the strategy's "
+                        "parameters with --param (e.g. --strategy topk --param k=4 --param background=0)")
+    if not write:
+        raise UserError("head-granularity recipes reference derived experts and must be written to disk")
+    base = Checkpoint.open(data["base"], "base")
+    all_units = {u.name: u for u in discover_units(param_order(base), base.family, base.num_layers, "head",
+                                                   base.config)}
+    missing = [u for u in data["units"] if u not in all_units]
+    if missing:
+        raise UserError(f"unit {missing[0]!r} of the scores file is not a head-granularity unit of the base "
+                        f"{data['base']!r}; was the base changed since scoring?")
+    units = [all_units[u] for u in data["units"]]
+    w = strat(view, **params)
+    names, unit_tensors, folded = heads.fold_units(units, w)
+    out_dir = Path(opts.derive_dir) if opts.derive_dir else Path(opts.out).with_name(Path(opts.out).stem + ".experts")
+    for e in view.experts:
+        check_output(out_dir / e, opts.force, "derived expert")
+
+    def config_for(experts: Dict[str, str]) -> Dict[str, Any]:
+        return build_config(method=opts.method, base=data["base"], experts=experts, units=names,
+                            unit_tensors=unit_tensors, weights=folded, per_model_params=per_model,
+                            shared_params=shared)
+
+    # plan with the original experts (same architecture) before anything is written
+    cfg = config_for({e: data["experts"][e]["model"] for e in view.experts})
+    check_resolution(cfg, list(base.tensors), names, unit_tensors, folded, view.experts)
+    engine.validate(cfg)
+    cfg = config_for(heads.derive_experts(data, units, view.experts, w, out_dir, force=opts.force))
+    header = _header(opts, data, strat.name, params, key, None) + [
+        f"head granularity: per-head weights are folded into the derived experts under {out_dir} "
+        "(B + w_head (E - B) on each head's q/k/v rows and o columns); attention tensors weigh 1 here"]
+    recipe = Recipe(cfg, to_yaml(cfg, header), strat.name, params, key, w, view.experts, list(data["units"]), None)
+    atomic_write_text(opts.out, recipe.text)
     return recipe
 
 
