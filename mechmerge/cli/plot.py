@@ -30,7 +30,7 @@ def plot(file, out_dir):
     elif fmt == "mechmerge.track":
         from ..report.track import plot_track
 
-        paths = [plot_track(data, out)]
+        paths = [plot_track(data, out, f"{p.stem}.png")]  # track-rev.json -> track-rev.png
     else:
         raise UserError(f"{file}: expected a mechmerge scores or track file, got format {fmt!r}")
     for path in paths:

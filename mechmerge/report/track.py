@@ -8,7 +8,7 @@ from typing import Any, Dict
 import numpy as np
 
 
-def plot_track(data: Dict[str, Any], out_dir: Path) -> Path:
+def plot_track(data: Dict[str, Any], out_dir: Path, name: str = "track.png") -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -49,7 +49,7 @@ def plot_track(data: Dict[str, Any], out_dir: Path) -> Path:
     a2.set_title("between consecutive checkpoints")
     fig.tight_layout()
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / "track.png"
+    path = out_dir / name
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path

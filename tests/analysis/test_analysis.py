@@ -35,7 +35,7 @@ def test_track_between_checkpoints(scored_pair, early, tmp_path):
     # both planted units together are the whole difference: patching them recovers everything
     assert tr["faithfulness"]["earlier_top"] == pytest.approx(1.0, abs=1e-6)
     assert tr["faithfulness"]["random"] < 0.5
-    assert run("plot", out, "--out", tmp_path) == 0 and (tmp_path / "track.png").stat().st_size > 1000
+    assert run("plot", out, "--out", tmp_path) == 0 and (tmp_path / "t.png").stat().st_size > 1000
 
 
 def test_conflict_matrix(scored_pair, tmp_path):
