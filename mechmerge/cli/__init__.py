@@ -7,7 +7,7 @@ one-line message and exit status 2; `--debug` shows the traceback instead.
 
 from __future__ import annotations
 
-import importlib
+import importlib.util
 import os
 import sys
 

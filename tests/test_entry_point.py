@@ -1,0 +1,24 @@
+"""The CLI works from a bare interpreter. pytest, `python -m` and editable installs all import
+importlib.util before mechmerge does; the installed console script does not, so a module that
+relies on it without importing it fails only for users. Simulate the bare interpreter."""
+import os
+import subprocess
+import sys
+
+BARE = ("import sys, importlib; sys.modules.pop('importlib.util', None); "
+        "hasattr(importlib, 'util') and delattr(importlib, 'util'); "
+        "from mechmerge.cli import main; main({args!r})")
+
+
+def run_bare(*args):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-c", BARE.format(args=list(args))], capture_output=True, text=True,
+                          env=env, timeout=120)
+
+
+def test_commands_resolve_without_preloaded_modules():
+    out = run_bare("recipe", "--help")
+    assert out.returncode == 0, out.stderr
+    assert "--strategy" in out.stdout
+    out = run_bare("--help")
+    assert out.returncode == 0 and "score" in out.stdout, out.stderr
