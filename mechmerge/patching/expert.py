@@ -9,6 +9,8 @@ with the method that produced them; `assemble` divides by the gaps.
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -41,27 +43,24 @@ class ExpertResult:
 
 
 def select_for_exact(est: Dict[str, Dict[str, Tuple[float, Optional[float]]]], units: Sequence[Unit], k: int,
-                     gap: float) -> List[Unit]:
-    """Units hybrid re-measures exactly: each phase's top k by estimate, plus every unit
-    whose estimate *could* still be in the top k.
+                     gap: float, margin: float = 1.5) -> List[Unit]:
+    """Units hybrid re-measures exactly: the top ceil(margin * k) of each first-order
+    estimate, the gradient at the base (patch_in) and at the expert (knockout).
 
-    A unit's uncertainty interval is spanned by its two first-order estimates, the
-    gradient at the base (patch_in) and at the expert (knockout); they agree where the
-    behaviour is linear in the unit. A unit is kept when the top of its interval
-    reaches the k-th largest bottom of all intervals. Ranking is by score (Δm / gap).
+    The two estimates agree where the behaviour is linear in the unit and bracket it
+    where it is not. An earlier rule kept every unit whose [low, high] estimate interval
+    reached the k-th largest low end; on a real fine-tune (SmolLM2-135M) the intervals
+    were so wide that it kept 156 of 272 units and hybrid was only 1.7x faster than
+    exact. On that benchmark the union of each estimate's top 1.2 k already contained the
+    exact top 10 of both directions; 1.5 leaves room. Ranking is by score (delta m / gap).
     """
     sign = 1.0 if gap >= 0 else -1.0
-    g_b = {u.name: sign * est["patch_in"][u.name][0] for u in units} if "patch_in" in est else {}
-    g_e = {u.name: sign * est["knockout"][u.name][0] for u in units} if "knockout" in est else {}
-    lo = {n: min(v for v in (g_b.get(n), g_e.get(n)) if v is not None) for n in (g_b or g_e)}
-    hi = {n: max(v for v in (g_b.get(n), g_e.get(n)) if v is not None) for n in (g_b or g_e)}
+    n = int(math.ceil(margin * k))
     keep = set()
-    for point in (g_b, g_e):
-        if point:
-            keep |= set(sorted(point, key=lambda n: -point[n])[:k])
-    if lo:
-        kth = sorted(lo.values(), reverse=True)[min(k, len(lo)) - 1]
-        keep |= {n for n in hi if hi[n] >= kth}
+    for phase in ("patch_in", "knockout"):
+        if phase in est:
+            point = {u.name: sign * est[phase][u.name][0] for u in units}
+            keep |= set(sorted(point, key=lambda u: -point[u])[:n])
     return [u for u in units if u.name in keep]
 
 
@@ -99,7 +98,7 @@ def measure_expert(setup, name: str, journal, bar) -> Optional[ExpertResult]:
         for p in phases:
             for u in todo:
                 result.deltas[p][u.name] = (*est[p][u.name], "attribution")
-        exact_units = select_for_exact(est, todo, opts.top_k, e_stats.m - b_stats.m) if opts.method == "hybrid" else []
+        exact_units = select_for_exact(est, todo, opts.top_k, e_stats.m - b_stats.m, opts.hybrid_margin) if opts.method == "hybrid" else []
 
     hidden = int(base.config.get("hidden_size") or base.config.get("n_embd"))
     elem = next(setup.model.parameters()).element_size()

@@ -46,6 +46,9 @@ class ScoreOptions(Options):
     method: Literal["exact", "attribution", "hybrid"] = field(
         default="exact", metadata=opt("exact patching; first-order attribution; or attribution plus exact for the top K."))
     top_k: int = field(default=10, metadata=opt("hybrid: units per expert and direction that get exact scores."))
+    hybrid_margin: float = field(default=1.5, metadata=opt(
+        "hybrid: measure exactly each first-order estimate's top ceil(margin x K) units (estimates at the base and at "
+        "the expert), so a true top-K unit the estimates rank a little low is still measured."))
     anchor_layer: Optional[int] = field(default=None, metadata=opt("Anchor block for the anchor score (default: chosen per expert, see README)."))
     device: str = field(default="auto", metadata=opt("auto, cpu or cuda[:N]."))
     dtype: str = field(default="auto", metadata=opt("Compute dtype: auto (float32), float32, bfloat16, float16."))
@@ -76,6 +79,8 @@ class ScoreOptions(Options):
             raise UserError("--batch-size must be at least 1")
         if self.top_k < 1:
             raise UserError("--top-k must be at least 1")
+        if self.hybrid_margin < 1:
+            raise UserError("--hybrid-margin must be at least 1 (1: each estimate's top K only)")
 
     def phases(self) -> List[str]:
         return ["patch_in", "knockout"] if self.direction == "both" else [self.direction]
