@@ -29,8 +29,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 
 from mechmerge.probes import Probe, tokenize_probe
-
-IGNORE = -100
+from mechmerge.zoo.train import IGNORE, Example, pad_batch, warmup_cosine
 
 
 @dataclass(frozen=True)
@@ -57,8 +56,6 @@ class FinetuneConfig:
     def steps(self, n_train: int) -> int:
         return math.ceil(self.epochs * n_train / (self.batch_size - self.n_replay))
 
-
-Example = Tuple[List[int], int]  # (ids, index of the first response token)
 
 
 def encode(probes: Sequence[Probe], tokenizer, max_len: int, source: str) -> List[Example]:
@@ -94,18 +91,6 @@ def batch_for(step: int, task: Sequence[Example], replay: Sequence[Example], cfg
     return rows
 
 
-def collate(rows: Sequence[Example], pad_id: int) -> Tuple[torch.Tensor, torch.Tensor]:
-    """input_ids [B, T] right-padded; targets [B, T]: IGNORE except where position t predicts
-    a response token."""
-    T = max(len(ids) for ids, _ in rows)
-    ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
-    tgt = torch.full((len(rows), T), IGNORE, dtype=torch.long)
-    for r, (seq, start) in enumerate(rows):
-        ids[r, : len(seq)] = torch.tensor(seq)
-        tgt[r, start - 1: len(seq) - 1] = torch.tensor(seq[start:])
-    return ids, tgt
-
-
 def loss_on(model, ids: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy over the target positions; logits only where they are needed."""
     hidden = model.base_model(input_ids=ids).last_hidden_state  # [B, T, H]
@@ -118,10 +103,7 @@ def loss_on(model, ids: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
 
 
 def lr_at(step: int, total: int, cfg: FinetuneConfig) -> float:
-    if step < cfg.warmup:
-        return cfg.lr * (step + 1) / cfg.warmup
-    frac = (step - cfg.warmup) / max(1, total - cfg.warmup)
-    return cfg.lr * (cfg.min_lr + (1 - cfg.min_lr) * 0.5 * (1 + math.cos(math.pi * frac)))
+    return warmup_cosine(step, total, cfg.lr, cfg.warmup, cfg.min_lr)
 
 
 def trainable(model, cfg: FinetuneConfig) -> Dict[str, torch.nn.Parameter]:
@@ -180,7 +162,7 @@ def train(model, tokenizer, task: Sequence[Probe], replay: Sequence[Probe], cfg:
             ts = time.perf_counter()
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, total, cfg)
-            ids, tgt = collate(batch_for(step, task_ex, replay_ex, cfg, total), pad)
+            ids, tgt = pad_batch(batch_for(step, task_ex, replay_ex, cfg, total), pad)
             loss = loss_on(model, ids, tgt)
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -25,6 +25,7 @@ import torch
 from .tokenizer import BOS_ID, EOS_ID, PAD_ID, char_ids
 
 Pair = Tuple[str, str]
+Example = Tuple[List[int], int]  # (token ids, index of the first response token)
 IGNORE = -100
 
 
@@ -47,25 +48,33 @@ def encode_pair(prompt: str, response: str) -> Tuple[List[int], int]:
     return ids + char_ids(response) + [EOS_ID], start
 
 
-def collate(pairs: Sequence[Pair]) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded input_ids [B, T] and next-token targets [B, T] (IGNORE except where
-    position t predicts a response or EOS token)."""
-    enc = [encode_pair(p, r) for p, r in pairs]
-    T = max(len(ids) for ids, _ in enc)
-    ids = torch.full((len(enc), T), PAD_ID, dtype=torch.long)
-    tgt = torch.full((len(enc), T), IGNORE, dtype=torch.long)
-    for row, (seq, start) in enumerate(enc):
+def pad_batch(rows: Sequence[Example], pad_id: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded input_ids [B, T] and next-token targets [B, T]: IGNORE except where
+    position t predicts a response token (rows are (ids, index of the first response token))."""
+    T = max(len(ids) for ids, _ in rows)
+    ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
+    tgt = torch.full((len(rows), T), IGNORE, dtype=torch.long)
+    for row, (seq, start) in enumerate(rows):
         ids[row, : len(seq)] = torch.tensor(seq)
         tgt[row, start - 1: len(seq) - 1] = torch.tensor(seq[start:])
     return ids, tgt
 
 
+def collate(pairs: Sequence[Pair]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """`pad_batch` of the encoded pairs: targets are the response and its EOS."""
+    return pad_batch([encode_pair(p, r) for p, r in pairs], PAD_ID)
+
+
+def warmup_cosine(step: int, total: int, lr: float, warmup: int, min_lr: float) -> float:
+    """Learning rate for 0-based `step` of `total`: linear warmup, then cosine down to min_lr * lr."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    frac = (step - warmup) / max(1, total - warmup)
+    return lr * (min_lr + (1 - min_lr) * 0.5 * (1 + math.cos(math.pi * frac)))
+
+
 def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Learning rate for 0-based `step`: linear warmup, then cosine down to min_lr * lr."""
-    if step < cfg.warmup:
-        return cfg.lr * (step + 1) / cfg.warmup
-    frac = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
-    return cfg.lr * (cfg.min_lr + (1 - cfg.min_lr) * 0.5 * (1 + math.cos(math.pi * frac)))
+    return warmup_cosine(step, cfg.steps, cfg.lr, cfg.warmup, cfg.min_lr)
 
 
 def loss_on(model, ids: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
