@@ -10,7 +10,6 @@ with the method that produced them; `assemble` divides by the gaps.
 from __future__ import annotations
 
 import math
-
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 

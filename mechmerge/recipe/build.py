@@ -14,7 +14,7 @@ from ..io import atomic_write_text, check_output
 from ..merge import engine
 from ..models.checkpoint import Checkpoint
 from ..models.load import param_order
-from ..models.units import discover_units
+from ..models.units import Unit, discover_units
 from ..options import Options, opt
 from ..scores import read_scores, scores_sha256
 from . import strategies
@@ -69,20 +69,22 @@ class Recipe:
     calibration: Optional[List[Dict[str, Any]]] = None
 
 
-def unit_tensor_map(data: Dict[str, Any]) -> Tuple[List[str], Dict[str, List[str]], List[str]]:
-    """(unit names, unit -> full tensor names, all tensor names) for the scores' base."""
+def scored_units(data: Dict[str, Any]) -> Tuple[Checkpoint, List[Unit]]:
+    """The scores' base and its units (at the scores' granularity) in the scores file's order."""
     base = Checkpoint.open(data["base"], "base")
     units = discover_units(param_order(base), base.family, base.num_layers, data["granularity"], base.config)
-    if data["granularity"] == "head":
-        raise UserError("head-granularity scores have no per-tensor weights; make_recipe folds them "
-                        "into derived experts")  # internal: callers branch before this
-    by_name = {u.name: list(u.tensors) for u in units}
-    names = list(data["units"])
-    missing = [u for u in names if u not in by_name]
+    by_name = {u.name: u for u in units}
+    missing = [u for u in data["units"] if u not in by_name]
     if missing:
-        raise UserError(f"unit {missing[0]!r} of the scores file is not a unit of the base {data['base']!r}; "
-                        "was the base changed since scoring?")
-    return names, by_name, list(base.tensors)
+        raise UserError(f"unit {missing[0]!r} of the scores file is not a {data['granularity']}-granularity unit of "
+                        f"the base {data['base']!r}; was the base changed since scoring?")
+    return base, [by_name[u] for u in data["units"]]
+
+
+def unit_tensor_map(data: Dict[str, Any]) -> Tuple[List[str], Dict[str, List[str]], List[str]]:
+    """(unit names, unit -> full tensor names, all tensor names) for the scores' base."""
+    base, units = scored_units(data)
+    return [u.name for u in units], {u.name: list(u.tensors) for u in units}, list(base.tensors)
 
 
 def parse_method_params(method: str, raw: Dict[str, str]) -> Tuple[Dict[str, Any], Dict[str, Any]]:
@@ -168,14 +170,7 @@ def _head_recipe(opts: RecipeOptions, data: Dict[str, Any], strat, view: ScoreVi
                         "parameters with --param (e.g. --strategy topk --param k=4 --param background=0)")
     if not write:
         raise UserError("head-granularity recipes reference derived experts and must be written to disk")
-    base = Checkpoint.open(data["base"], "base")
-    all_units = {u.name: u for u in discover_units(param_order(base), base.family, base.num_layers, "head",
-                                                   base.config)}
-    missing = [u for u in data["units"] if u not in all_units]
-    if missing:
-        raise UserError(f"unit {missing[0]!r} of the scores file is not a head-granularity unit of the base "
-                        f"{data['base']!r}; was the base changed since scoring?")
-    units = [all_units[u] for u in data["units"]]
+    base, units = scored_units(data)
     w = strat(view, **params)
     names, unit_tensors, folded = heads.fold_units(units, w)
     out_dir = Path(opts.derive_dir) if opts.derive_dir else Path(opts.out).with_name(Path(opts.out).stem + ".experts")
