@@ -39,17 +39,14 @@ def naive(args) -> dict:
     import torch
 
     from mechmerge.models.checkpoint import Checkpoint
-    from mechmerge.models.load import load_model, load_tokenizer, param_order
+    from mechmerge.models.load import load_model, param_order
     from mechmerge.models.units import discover_units
     from mechmerge.patching.swap import identical
-    from mechmerge.probes import load_probes, make_batches, pad_id_of, tokenize_all
 
     r0 = rss_mb()
     t0 = time.perf_counter()
     base, expert = Checkpoint.open(args.base), Checkpoint.open(args.expert)
-    tok = load_tokenizer([base])
-    batches = make_batches(tokenize_all(load_probes(args.probes, limit=args.max_probes), tok, None),
-                           args.batch_size, pad_id_of(tok))
+    batches = probe_batches(args, base)
     mb = load_model(base, torch.device("cpu"), torch.float32)
     me = load_model(expert, torch.device("cpu"), torch.float32)
     pb, pe = dict(mb.named_parameters()), dict(me.named_parameters())
@@ -89,22 +86,25 @@ def naive(args) -> dict:
             "model_mb": sum(p.numel() * p.element_size() for p in mb.parameters()) / 2 ** 20}
 
 
-def activation_mb(args) -> float:
-    """What exact scoring keeps of activations: every block's input for every probe batch
-    (one trace group when they fit in --cache-mb), float32."""
-    import json as _json
-
-    from mechmerge.models.checkpoint import Checkpoint
+def probe_batches(args, base):
+    """The benchmark's probe batches, tokenized with the base's tokenizer."""
     from mechmerge.models.load import load_tokenizer
     from mechmerge.probes import load_probes, make_batches, pad_id_of, tokenize_all
 
-    base = Checkpoint.open(args.base)
     tok = load_tokenizer([base])
-    batches = make_batches(tokenize_all(load_probes(args.probes, limit=args.max_probes), tok, None),
-                           args.batch_size, pad_id_of(tok))
-    cfg = _json.loads((base.path / "config.json").read_text())
-    tokens = sum(b.input_ids.numel() for b in batches)
-    return (base.num_layers + 1) * tokens * cfg["hidden_size"] * 4 / 2 ** 20
+    return make_batches(tokenize_all(load_probes(args.probes, limit=args.max_probes), tok, None),
+                        args.batch_size, pad_id_of(tok))
+
+
+def memory_terms(args) -> dict:
+    """The base model's bytes, and what exact scoring keeps of activations: every block's
+    input for every probe batch (one trace group when they fit in --cache-mb), float32."""
+    from mechmerge.models.checkpoint import Checkpoint
+
+    base = Checkpoint.open(args.base)
+    tokens = sum(b.input_ids.numel() for b in probe_batches(args, base))
+    return {"model_mb": base.nbytes() / 2 ** 20,
+            "activation_mb": (base.num_layers + 1) * tokens * base.config["hidden_size"] * 4 / 2 ** 20}
 
 
 def mechmerge_score(args, method: str) -> dict:
@@ -117,11 +117,11 @@ def mechmerge_score(args, method: str) -> dict:
                               method=method, top_k=10, max_probes=args.max_probes, batch_size=args.batch_size,
                               force=True, progress=False))
     mods = data["experts"]["x"]["modules"]
-    return {"seconds": time.perf_counter() - t0, "peak_rss_mb": rss_mb(), "rss_before_mb": r0,
-            "scores": {u: {"patch_in": s["patch_in"], "knockout": s["knockout"]} for u, s in mods.items()},
-            "exact_units": sum(s["method"] == "exact" for s in mods.values()),
-            "model_mb": __import__("mechmerge.models.checkpoint", fromlist=["Checkpoint"]).Checkpoint.open(
-                args.base).nbytes() / 2 ** 20, "activation_mb": activation_mb(args)}
+    result = {"seconds": time.perf_counter() - t0, "peak_rss_mb": rss_mb(), "rss_before_mb": r0,
+              "scores": {u: {"patch_in": s["patch_in"], "knockout": s["knockout"]} for u, s in mods.items()},
+              "exact_units": sum(s["method"] == "exact" for s in mods.values())}
+    # after the peak was read: only exact's memory is held to the target
+    return {**result, **memory_terms(args)} if method == "exact" else result
 
 
 def child(args) -> None:

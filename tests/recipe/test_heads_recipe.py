@@ -1,5 +1,6 @@
 """Head-granularity recipes: per-head weights folded into derived experts that stock mergekit merges."""
-import numpy as np
+import json
+
 import pytest
 import torch
 import yaml
@@ -15,8 +16,6 @@ from mechmerge.recipe.build import RecipeOptions, make_recipe
 @pytest.fixture(scope="module")
 def head_scores(scored_pair, tmp_path_factory):
     d, module_scores = scored_pair
-    import json
-
     data = json.loads(module_scores.read_text())
     out = tmp_path_factory.mktemp("heads") / "heads.json"
     score(ScoreOptions(base=data["base"], experts={e: v["model"] for e, v in data["experts"].items()},
@@ -35,7 +34,8 @@ def test_merged_heads_follow_the_head_weights(head_scores, tmp_path, method):
     assert [m["model"] for m in cfg["models"][:2]] == [str(p) for p in derived.values()]
     merged = engine.merge_in_memory(cfg)
     base = Checkpoint.open(cfg.get("base_model") or cfg["models"][-1]["model"])
-    experts = {e: Checkpoint.open(yaml.safe_load(open(head_scores))["experts"][e]["model"]) for e in recipe.experts}
+    scored = json.loads(head_scores.read_text())["experts"]
+    experts = {e: Checkpoint.open(scored[e]["model"]) for e in recipe.experts}
     from mechmerge.models.load import param_order
     from mechmerge.models.units import discover_units
 
