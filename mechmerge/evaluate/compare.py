@@ -229,7 +229,7 @@ def build_harness(opts: CompareOptions) -> Harness:
     base = Checkpoint.open(suite.base, "base")
     tok = load_tokenizer([base])
     quality = suite.quality.get("test", {})
-    metrics = {**{t: m for t, m in suite.metrics.items()}, **{t: "logprob" for t in quality}}
+    metrics = {**suite.metrics, **{t: "logprob" for t in quality}}
     mkw = dict(batch_size=opts.batch_size, max_new_tokens=suite.max_new_tokens, device=dev)
     dev_ev = Evaluator(dict(suite.splits["dev"]), tok, {t: m for t, m in metrics.items() if t in suite.splits["dev"]},
                        max_probes=opts.max_dev_probes, **mkw)

@@ -8,8 +8,9 @@ merged model's argmax under teacher forcing, i.e. what greedy evaluation counts 
 to stopping); token_accuracy: the share of response tokens that are; recovery: of the mean
 log-probability, (m_e(merged) - m_e(B)) / (m_e(E) - m_e(B)) with the scores file's
 baselines. Log-probability rewards merges that make the reference likely without
-making it the answer; on the zoo it preferred flatter merges than accuracy did
-(README, "Calibration objective"). Ties are broken by the other measures in turn.
+making it the answer: on zoo alpha the harness's `mix` rose from 0.377 (recovery) to
+0.426 (sequence accuracy) mean test accuracy (README, "Does guided merging beat uniform
+merging?"). Ties are broken by the other measures in turn.
 """
 
 from __future__ import annotations
