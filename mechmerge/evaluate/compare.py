@@ -27,7 +27,7 @@ from ..errors import UserError
 from ..io import atomic_write_text, dumps
 from ..merge import engine as mk
 from ..models.checkpoint import Checkpoint
-from ..models.load import load_model, load_tokenizer, params_by_name, resolve_device, resolve_dtype
+from ..models.load import load_model, load_tokenizer, overwrite_params, params_by_name, resolve_device, resolve_dtype
 from ..options import Options, opt
 from ..recipe import strategies
 from ..recipe.build import RecipeOptions, make_recipe
@@ -126,19 +126,12 @@ class Harness:
 
     # -- evaluation -----------------------------------------------------------------
     def _load(self, cfg: Dict[str, Any]) -> None:
-        params = params_by_name(self.model)
-        with torch.no_grad():
-            for name, t in mk.merge_in_memory(cfg, seed=self.opts.seed).items():
-                if name in params:
-                    params[name].data.copy_(t)
+        overwrite_params(params_by_name(self.model), mk.merge_in_memory(cfg, seed=self.opts.seed).items())
 
     def _load_dir(self, path: str) -> None:
         ck = Checkpoint.open(path)
         params = params_by_name(self.model)
-        with torch.no_grad():
-            for name in ck.tensors:
-                if name in params:
-                    params[name].data.copy_(ck.get(name))
+        overwrite_params(params, ((name, ck.get(name)) for name in ck.tensors if name in params))  # read lazily
 
     def _eval(self, ev: Evaluator, tasks: List[str]) -> Dict[str, Any]:
         res = ev.run(self.model, self.family, tasks=tasks)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -104,6 +104,15 @@ def load_tokenizer(ckpts: Sequence[Checkpoint], trust_remote_code: bool = False)
 def params_by_name(model: torch.nn.Module) -> Dict[str, torch.nn.Parameter]:
     """name -> parameter, with tied parameters listed under every name they have."""
     return dict(model.named_parameters(remove_duplicate=False))
+
+
+@torch.no_grad()
+def overwrite_params(params: Dict[str, torch.nn.Parameter], tensors: Iterable[Tuple[str, torch.Tensor]]) -> None:
+    """Copy (name, tensor) pairs into the model's parameters in place (a merge into a loaded
+    model: no reload). Names the model has no parameter for are skipped."""
+    for name, t in tensors:
+        if name in params:
+            params[name].data.copy_(t)
 
 
 def model_nbytes(model: torch.nn.Module) -> int:

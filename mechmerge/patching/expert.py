@@ -97,7 +97,8 @@ def measure_expert(setup, name: str, journal, bar) -> Optional[ExpertResult]:
         for p in phases:
             for u in todo:
                 result.deltas[p][u.name] = (*est[p][u.name], "attribution")
-        exact_units = select_for_exact(est, todo, opts.top_k, e_stats.m - b_stats.m, opts.hybrid_margin) if opts.method == "hybrid" else []
+        exact_units = (select_for_exact(est, todo, opts.top_k, e_stats.m - b_stats.m, opts.hybrid_margin)
+                       if opts.method == "hybrid" else [])
 
     hidden = int(base.config.get("hidden_size") or base.config.get("n_embd"))
     elem = next(setup.model.parameters()).element_size()

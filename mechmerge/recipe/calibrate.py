@@ -25,7 +25,7 @@ from tqdm import tqdm
 from ..errors import UserError
 from ..merge import engine as mk
 from ..models.checkpoint import Checkpoint
-from ..models.load import load_model, load_tokenizer, params_by_name, resolve_device, resolve_dtype
+from ..models.load import load_model, load_tokenizer, overwrite_params, params_by_name, resolve_device, resolve_dtype
 from ..patching.runner import LayerRunner
 from ..probes import file_sha256, load_probes, make_batches, pad_id_of, tokenize_all
 
@@ -51,11 +51,8 @@ class ProbeScorer:
             tok_probes = tokenize_all(load_probes(info["probes"], limit=opts.get("max_probes")), tok, None, info["probes"])
             self.batches[e] = [b.to(dev) for b in make_batches(tok_probes, int(opts.get("batch_size", 8)), pad_id_of(tok))]
 
-    @torch.no_grad()
     def load(self, tensors: Dict[str, torch.Tensor]) -> None:
-        for name, t in tensors.items():
-            if name in self.params:
-                self.params[name].data.copy_(t)
+        overwrite_params(self.params, tensors.items())
 
     def measure(self) -> Dict[str, Dict[str, float]]:
         """Per expert, on its scoring probes (teacher forced): log-prob recovery

@@ -29,7 +29,7 @@ from mechmerge.errors import UserError
 from mechmerge.evaluate.run import Evaluator
 from mechmerge.merge import engine as mk
 from mechmerge.models.checkpoint import Checkpoint
-from mechmerge.models.load import load_model, load_tokenizer, params_by_name
+from mechmerge.models.load import load_model, load_tokenizer, overwrite_params, params_by_name
 from mechmerge.recipe import strategies
 from mechmerge.recipe.build import RecipeOptions, make_recipe
 from mechmerge.recipe.calibrate import ProbeScorer
@@ -80,12 +80,7 @@ def estimate(ctx: Context, suite: Dict[str, Any], scores_path: Path, opts: Compa
     cfg = make_recipe(RecipeOptions(scores=str(scores_path), out="", experts=pair, strategy="uniform",
                                     param={"scale": "0.5"}, method="linear", calibrate=False, progress=False),
                       data=scores, write=False).config
-    merged = mk.merge_in_memory(cfg, seed=opts.seed)
-    params = params_by_name(model)
-    with torch.no_grad():
-        for n, v in merged.items():
-            if n in params:
-                params[n].data.copy_(v)
+    overwrite_params(params_by_name(model), mk.merge_in_memory(cfg, seed=opts.seed).items())
     t["merge"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     ProbeScorer(scores, list(pair), "cpu").measure()  # includes loading its model once
