@@ -1,9 +1,12 @@
 """Checkpoints on disk: resolve a path or cached Hub id, read config and tensor headers,
 stream single tensors lazily, and check that two checkpoints share an architecture.
 
-Nothing here loads a whole model. Tensor reads go through safetensors `safe_open`
-(memory-mapped), one tensor at a time, so an expert costs no memory until a unit of
-it is patched in.
+Nothing here loads a whole model. Safetensors tensors are read one at a time with a
+plain positioned read into a fresh buffer, not through a memory map: pages of a mapped
+file count in the process's resident set for as long as the map lives, so reading every
+tensor of base and expert once (the identity check does) through `safe_open` kept two
+extra models' worth of file pages resident during scoring. An expert costs no memory
+until a unit of it is patched in.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Tuple
 
@@ -59,6 +62,17 @@ class TensorInfo:
     shape: Tuple[int, ...]
     dtype: str
     file: str
+    start: int = 0  # absolute byte range in a safetensors file (header included)
+    end: int = 0
+
+
+# safetensors dtype names -> torch dtypes (the ones torch can hold)
+ST_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+    "U16": torch.uint16, "U32": torch.uint32, "U64": torch.uint64,
+}
 
 
 @dataclass
@@ -70,7 +84,6 @@ class Checkpoint:
     tensors: Dict[str, TensorInfo]
     family: Family
     label: str = "model"
-    _handles: Dict[str, object] = field(default_factory=dict, repr=False)
 
     @classmethod
     def open(cls, ref: str, label: str = "model", allow_pickle: bool = False) -> "Checkpoint":
@@ -104,16 +117,26 @@ class Checkpoint:
         if info is None:
             raise UserError(f"{self.label} {str(self.path)!r} has no tensor {name!r}")
         if info.file.endswith(".safetensors"):
-            h = self._handles.get(info.file)
-            if h is None:
-                from safetensors import safe_open
-
-                h = self._handles[info.file] = safe_open(str(self.path / info.file), framework="pt")
-            try:
-                return h.get_tensor(name)  # type: ignore[attr-defined]
-            except Exception as e:  # truncated data past a valid header
-                raise UserError(f"{self.path / info.file}: cannot read tensor {name!r} ({e}); file corrupted?") from None
+            return _read_tensor(self.path / info.file, info)
         return _pickle_state(self.path / info.file)[name]
+
+    def read_rows(self, name: str, start: int, stop: int) -> torch.Tensor:
+        """Rows [start, stop) along dim 0, reading only their bytes (safetensors; other
+        formats read the whole tensor)."""
+        info = self.tensors.get(name)
+        if info is None or not info.file.endswith(".safetensors") or not info.shape:
+            return self.get(name)[start:stop]
+        row = math.prod(info.shape[1:]) * ST_DTYPES[info.dtype].itemsize
+        part = TensorInfo(name, (stop - start, *info.shape[1:]), info.dtype, info.file,
+                          info.start + start * row, info.start + stop * row)
+        return _read_tensor(self.path / info.file, part)
+
+    def row_bytes(self, name: str) -> int:
+        """Bytes of one dim-0 row of a safetensors tensor; 0 when rows cannot be read alone."""
+        info = self.tensors.get(name)
+        if info is None or not info.file.endswith(".safetensors") or not info.shape:
+            return 0
+        return max(1, math.prod(info.shape[1:]) * ST_DTYPES[info.dtype].itemsize)
 
     def has(self, name: str) -> bool:
         return name in self.tensors
@@ -153,16 +176,18 @@ def _index_safetensors(path: Path, label: str) -> Dict[str, TensorInfo]:
         fpath = path / fname
         if not fpath.is_file():
             raise UserError(f"{label}: shard {fname} listed in the index is missing from {path}")
-        header = _read_header(fpath)
+        header, data_start = _read_header(fpath)
         for name, meta in header.items():
             if name == "__metadata__":
                 continue
-            out[name] = TensorInfo(name, tuple(meta["shape"]), meta["dtype"], fname)
+            lo, hi = meta["data_offsets"]
+            out[name] = TensorInfo(name, tuple(meta["shape"]), meta["dtype"], fname, data_start + lo, data_start + hi)
     return out
 
 
-def _read_header(fpath: Path) -> Dict:
-    """Parse a safetensors header and check the file is long enough for its data."""
+def _read_header(fpath: Path) -> Tuple[Dict, int]:
+    """Parse a safetensors header, check the file is long enough for its data and that
+    every tensor's byte range matches its shape and dtype; returns (header, data start)."""
     size = fpath.stat().st_size
     try:
         with open(fpath, "rb") as f:
@@ -170,12 +195,40 @@ def _read_header(fpath: Path) -> Dict:
             if n <= 0 or 8 + n > size:
                 raise ValueError("header length out of range")
             header = json.loads(f.read(n))
-        end = max((meta["data_offsets"][1] for k, meta in header.items() if k != "__metadata__"), default=0)
+        end = 0
+        for k, meta in header.items():
+            if k == "__metadata__":
+                continue
+            lo, hi = meta["data_offsets"]
+            dtype = ST_DTYPES.get(meta["dtype"])
+            if dtype is None:
+                raise ValueError(f"tensor {k!r} has dtype {meta['dtype']}, which torch cannot hold")
+            if not 0 <= lo <= hi or hi - lo != math.prod(meta["shape"]) * dtype.itemsize:
+                raise ValueError(f"tensor {k!r}: byte range {lo}..{hi} does not fit shape {meta['shape']}")
+            end = max(end, hi)
         if 8 + n + end > size:
             raise ValueError(f"file is {size} bytes, header promises {8 + n + end}: truncated")
     except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
         raise UserError(f"{fpath}: not a valid safetensors file ({e})") from None
-    return header
+    return header, 8 + n
+
+
+def _read_tensor(fpath: Path, info: TensorInfo) -> torch.Tensor:
+    """One tensor, read into its own buffer (see the module docstring: no memory map)."""
+    dtype = ST_DTYPES[info.dtype]
+    buf = bytearray(info.end - info.start)
+    try:
+        with open(fpath, "rb", buffering=0) as f:
+            f.seek(info.start)
+            got = f.readinto(buf)
+    except OSError as e:
+        raise UserError(f"{fpath}: cannot read tensor {info.name!r} ({e})") from None
+    if got != len(buf):
+        raise UserError(f"{fpath}: cannot read tensor {info.name!r} (file shorter than its header says); corrupted?")
+    if not buf:
+        return torch.empty(info.shape, dtype=dtype)
+    # safetensors stores little-endian; frombuffer shares the bytearray, which the tensor keeps alive
+    return torch.frombuffer(buf, dtype=dtype).reshape(info.shape)
 
 
 def _pickle_state(fpath: Path) -> Dict[str, torch.Tensor]:

@@ -68,23 +68,75 @@ def param_order(ckpt: Checkpoint, trust_remote_code: bool = False) -> List[str]:
 
 
 def load_model(ckpt: Checkpoint, device: torch.device, dtype: torch.dtype, trust_remote_code: bool = False):
-    """The full model, in eval mode with gradients off, on `device`."""
+    """The full model, in eval mode with gradients off, on `device`.
+
+    Safetensors checkpoints whose tensor names are the model's parameter names (every
+    checkpoint `save_pretrained` writes) are streamed: the model is built without
+    weights and filled one tensor at a time, so loading never holds more than the model
+    plus one tensor. HF's `from_pretrained` memory-maps the files, and the mapped pages
+    count as resident on top of the model until it returns: twice the model at peak.
+    Anything else (pickles, renamed legacy keys) goes through `from_pretrained`.
+    """
     env_offline()
     quiet_transformers()
-    from transformers import AutoModelForCausalLM
+    model = _stream(ckpt, device, dtype, trust_remote_code)
+    if model is None:
+        from transformers import AutoModelForCausalLM
 
-    with contextlib.redirect_stderr(io.StringIO()):
-        model = AutoModelForCausalLM.from_pretrained(
-            ckpt.path,
-            dtype=dtype,
-            attn_implementation=ckpt.family.attn_implementation,
-            local_files_only=True,
-            trust_remote_code=trust_remote_code,
-            use_safetensors=None if any(t.file.endswith(".safetensors") for t in ckpt.tensors.values()) else False,
-        )
+        with contextlib.redirect_stderr(io.StringIO()):
+            model = AutoModelForCausalLM.from_pretrained(
+                ckpt.path,
+                dtype=dtype,
+                attn_implementation=ckpt.family.attn_implementation,
+                local_files_only=True,
+                trust_remote_code=trust_remote_code,
+                use_safetensors=None if any(t.file.endswith(".safetensors") for t in ckpt.tensors.values()) else False,
+            )
     model.to(device)
     model.eval()
     model.requires_grad_(False)
+    return model
+
+
+def _stream(ckpt: Checkpoint, device: torch.device, dtype: torch.dtype, trust_remote_code: bool):
+    """Build the model with parameters on the meta device and read them in; None when the
+    checkpoint's names do not cover the model's parameters exactly."""
+    if not all(t.file.endswith(".safetensors") for t in ckpt.tensors.values()):
+        return None
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
+
+    cfg = AutoConfig.from_pretrained(ckpt.path, local_files_only=True, trust_remote_code=trust_remote_code)
+    with contextlib.redirect_stderr(io.StringIO()), init_empty_weights(include_buffers=False):
+        model = AutoModelForCausalLM.from_config(cfg, dtype=dtype, trust_remote_code=trust_remote_code,
+                                                 attn_implementation=ckpt.family.attn_implementation)
+    # from_config leaves tying to from_pretrained; tie on meta so tied names share one
+    # object, then load each object once and set it under all its names
+    model.tie_weights()
+    groups: Dict[int, List[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        groups.setdefault(id(p), []).append(name)
+    buffers = {n for n, _ in model.named_buffers()}
+    covered = {n for names in groups.values() for n in names}
+    if any(not any(ckpt.has(n) for n in names) for names in groups.values()) or \
+            any(n not in covered and n not in buffers for n in ckpt.tensors):
+        return None
+    for names in groups.values():
+        src = next(n for n in names if ckpt.has(n))
+        value = ckpt.get(src)
+        param = torch.nn.Parameter(value.to(device, dtype if value.is_floating_point() else value.dtype),
+                                   requires_grad=False)
+        for n in names:
+            module, _, attr = n.rpartition(".")
+            setattr(model.get_submodule(module), attr, param)
+    for n in buffers & set(ckpt.tensors):  # persistent buffers saved with the weights
+        module, _, attr = n.rpartition(".")
+        sub = model.get_submodule(module)
+        sub._buffers[attr] = ckpt.get(n).to(device, sub._buffers[attr].dtype)
+    try:
+        model.generation_config = GenerationConfig.from_pretrained(ckpt.path, local_files_only=True)
+    except OSError:  # no generation_config.json: keep the one derived from the config
+        pass
     return model
 
 

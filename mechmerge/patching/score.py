@@ -128,7 +128,7 @@ def prepare(opts: ScoreOptions) -> Setup:
         raise UserError(f"--anchor-layer {opts.anchor_layer} is outside 0..{base.num_layers - 1}")
     model = load_model(base, device, dtype, opts.trust_remote_code)
     return Setup(opts, base, experts, batches, n_probes, units, names, model,
-                 LayerRunner(model, base.family), WeightSwapper(params_by_name(model)))
+                 LayerRunner(model, base.family), WeightSwapper(params_by_name(model), base))
 
 
 def fingerprint(opts: ScoreOptions, setup_paths: List[Path]) -> str:
