@@ -67,7 +67,8 @@ def param_order(ckpt: Checkpoint, trust_remote_code: bool = False) -> List[str]:
     return names
 
 
-def load_model(ckpt: Checkpoint, device: torch.device, dtype: torch.dtype, trust_remote_code: bool = False):
+def load_model(ckpt: Checkpoint, device: torch.device, dtype: torch.dtype, trust_remote_code: bool = False,
+               device_map: Optional[str] = None):
     """The full model, in eval mode with gradients off, on `device`.
 
     Safetensors checkpoints whose tensor names are the model's parameter names (every
@@ -75,11 +76,12 @@ def load_model(ckpt: Checkpoint, device: torch.device, dtype: torch.dtype, trust
     weights and filled one tensor at a time, so loading never holds more than the model
     plus one tensor. HF's `from_pretrained` memory-maps the files, and the mapped pages
     count as resident on top of the model until it returns: twice the model at peak.
-    Anything else (pickles, renamed legacy keys) goes through `from_pretrained`.
+    Anything else (pickles, renamed legacy keys) goes through `from_pretrained`, and so does
+    a `device_map` (accelerate places the blocks over the devices; `device` is ignored).
     """
     env_offline()
     quiet_transformers()
-    model = _stream(ckpt, device, dtype, trust_remote_code)
+    model = None if device_map else _stream(ckpt, device, dtype, trust_remote_code)
     if model is None:
         from transformers import AutoModelForCausalLM
 
@@ -91,8 +93,15 @@ def load_model(ckpt: Checkpoint, device: torch.device, dtype: torch.dtype, trust
                 local_files_only=True,
                 trust_remote_code=trust_remote_code,
                 use_safetensors=None if any(t.file.endswith(".safetensors") for t in ckpt.tensors.values()) else False,
+                **({"device_map": device_map} if device_map else {}),
             )
-    model.to(device)
+    if device_map and any(p.device.type == "meta" for p in model.parameters()):
+        raise UserError(f"{ckpt.label} {str(ckpt.path)!r} does not fit in the GPUs' memory: device_map "
+                        f"{device_map!r} offloaded part of it (to CPU RAM or disk), and accelerate keeps offloaded "
+                        "weights outside the modules, where patching cannot write them; use --dtype bfloat16 "
+                        "or more GPUs")
+    else:
+        model.to(device)
     model.eval()
     model.requires_grad_(False)
     return model

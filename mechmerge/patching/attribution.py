@@ -30,7 +30,6 @@ def gradients(model: torch.nn.Module, runner: LayerRunner, batches: Sequence[Pro
     n_total = sum(b.n_tokens for b in batches)
     gm = [torch.zeros_like(p) for p in params]
     ga = [torch.zeros_like(p) for p in params] if anchor is not None else None
-    v = anchor.v.to(params[0].dtype).to(params[0].device) if anchor is not None else None
     model.requires_grad_(True)
     try:
         for batch in batches:
@@ -41,7 +40,7 @@ def gradients(model: torch.nn.Module, runner: LayerRunner, batches: Sequence[Pro
                 _accumulate(gm, grads)
                 if anchor is not None:
                     h = runner.response_states(runner.block_output(tr, anchor.layer), batch)
-                    a = (h @ v).sum() / n_total
+                    a = (h @ anchor.v.to(h.device, h.dtype)).sum() / n_total
                     _accumulate(ga, torch.autograd.grad(a, params, allow_unused=True))
             del tr
     finally:

@@ -69,8 +69,10 @@ def measure_baseline(runner: LayerRunner, batches: Sequence[ProbeBatch], n_probe
             sums, sq, probe_sums = [], [], []
             for h in tr.inputs[1:]:  # block outputs, one at a time to bound memory
                 states = runner.response_states(h, batch).double()  # [N, H]
-                sums.append(states.sum(0))
-                sq.append((states ** 2).sum())
+                # small per-block statistics live on the CPU: with a device_map the blocks'
+                # outputs sit on different devices
+                sums.append(states.sum(0).cpu())
+                sq.append((states ** 2).sum().cpu())
                 if n_probes:
                     probe_sums.append(per_probe(states, batch, n_probes))
             b.layer_sums.append(torch.stack(sums))
@@ -161,9 +163,10 @@ def measure_unit(
                 lp_p += per_probe(tok_lp, tr.batch, n_probes)
             if capture is not None:
                 states = runner.response_states(mid, tr.batch).double()
-                a_sum += float(states.sum(0) @ anchor.v)  # type: ignore[union-attr]
+                v = anchor.v.to(states.device)  # type: ignore[union-attr]
+                a_sum += float(states.sum(0) @ v)
                 if n_probes:
-                    a_p += per_probe(states @ anchor.v, tr.batch, n_probes)  # type: ignore[union-attr]
+                    a_p += per_probe(states @ v, tr.batch, n_probes)
     probe = tuple(lp_p.tolist()) if n_probes else None
     a_probe = tuple(a_p.tolist()) if n_probes and capture is not None else None
     return Measurement(lp, n, a_sum if capture is not None else None, probe, a_probe)

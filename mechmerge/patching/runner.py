@@ -133,22 +133,24 @@ class LayerRunner:
 
     def response_scores(self, final_input: torch.Tensor, batch: ProbeBatch) -> Tuple[torch.Tensor, torch.Tensor]:
         """(log-probability [N], whether the token is the argmax [N]) of each response token."""
-        h = final_input[batch.rows, batch.positions]
+        dev = final_input.device  # the last block's device when a device_map spreads the model
+        h = final_input[batch.rows.to(dev), batch.positions.to(dev)]
+        targets = batch.targets.to(dev)
         vocab = self.lm_head.weight.shape[0]
         chunk = max(1, LOGIT_CHUNK_ELEMENTS // vocab)
         lps, hits = [], []
         for s in range(0, h.shape[0], chunk):
             logits = self.lm_head(self.final_norm(h[s: s + chunk])).float()
+            tgt = targets[s: s + chunk, None].to(logits.device)
             if self.softcap:
                 logits = torch.tanh(logits / self.softcap) * self.softcap
             lp = torch.log_softmax(logits, dim=-1)
-            tgt = batch.targets[s: s + chunk, None]
             lps.append(lp.gather(1, tgt).squeeze(1))
             hits.append(logits.argmax(-1) == tgt.squeeze(1))
         if not lps:
             return h.new_zeros(0), torch.zeros(0, dtype=torch.bool, device=h.device)
-        return torch.cat(lps), torch.cat(hits)
+        return torch.cat(lps), torch.cat(hits)  # on the lm_head's device
 
     def response_states(self, hidden: torch.Tensor, batch: ProbeBatch) -> torch.Tensor:
         """Hidden states at the positions that predict response tokens, [N, H]."""
-        return hidden[batch.rows, batch.positions]
+        return hidden[batch.rows.to(hidden.device), batch.positions.to(hidden.device)]

@@ -33,6 +33,9 @@ from .runner import LayerRunner
 from .swap import WeightSwapper
 
 
+DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
+
+
 @dataclass
 class ScoreOptions(Options):
     base: str = field(metadata=opt("Base model: a Hugging Face model directory or a cached Hub id."))
@@ -51,6 +54,9 @@ class ScoreOptions(Options):
         "the expert), so a true top-K unit the estimates rank a little low is still measured."))
     anchor_layer: Optional[int] = field(default=None, metadata=opt("Anchor block for the anchor score (default: chosen per expert, see README)."))
     device: str = field(default="auto", metadata=opt("auto, cpu or cuda[:N]."))
+    device_map: Optional[str] = field(default=None, metadata=opt(
+        "Spread a base too large for one GPU over all visible GPUs with accelerate: auto, balanced, balanced_low_0 "
+        "or sequential (as in from_pretrained). It must fit in the GPUs together: offloaded weights cannot be patched."))
     dtype: str = field(default="auto", metadata=opt("Compute dtype: auto (float32), float32, bfloat16, float16."))
     batch_size: int = field(default=8, metadata=opt("Probes per forward pass."))
     max_probes: Optional[int] = field(default=None, metadata=opt("Use only the first N probes of each file."))
@@ -81,6 +87,11 @@ class ScoreOptions(Options):
             raise UserError("--top-k must be at least 1")
         if self.hybrid_margin < 1:
             raise UserError("--hybrid-margin must be at least 1 (1: each estimate's top K only)")
+        if self.device_map is not None and self.device_map not in DEVICE_MAPS:
+            raise UserError(f"--device-map {self.device_map!r} is not one of {', '.join(DEVICE_MAPS)}")
+        if self.device_map is not None and dist.launched():
+            raise UserError("--device-map spreads one model over the devices; it cannot be combined with a "
+                            "multi-process launch (each rank would load the whole model)")
 
     def phases(self) -> List[str]:
         return ["patch_in", "knockout"] if self.direction == "both" else [self.direction]
@@ -114,6 +125,9 @@ def prepare(opts: ScoreOptions) -> Setup:
             e.check_finite()
     device = resolve_device(opts.device)
     dtype = resolve_dtype(opts.dtype, device)
+    model = load_model(base, device, dtype, opts.trust_remote_code, opts.device_map)
+    if opts.device_map:  # inputs start where the embeddings live; accelerate's hooks move them on
+        device = model.get_input_embeddings().weight.device
     tokenizer = load_tokenizer([base, *experts.values()], opts.trust_remote_code)
     max_len = base.config.get("max_position_embeddings") or base.config.get("n_positions")
     pad = pad_id_of(tokenizer)
@@ -126,7 +140,6 @@ def prepare(opts: ScoreOptions) -> Setup:
     units = discover_units(names, base.family, base.num_layers, opts.granularity, base.config)
     if opts.anchor_layer is not None and not 0 <= opts.anchor_layer < base.num_layers:
         raise UserError(f"--anchor-layer {opts.anchor_layer} is outside 0..{base.num_layers - 1}")
-    model = load_model(base, device, dtype, opts.trust_remote_code)
     return Setup(opts, base, experts, batches, n_probes, units, names, model,
                  LayerRunner(model, base.family), WeightSwapper(params_by_name(model), base))
 
@@ -242,7 +255,7 @@ def assemble(setup: Setup, results: Dict[str, ExpertResult]) -> Dict[str, Any]:
         "granularity": opts.granularity,
         "method": opts.method,
         "directions": opts.phases(),
-        "options": {k: v for k, v in opts.to_dict().items() if k not in ("out", "resume", "force", "progress", "device")},
+        "options": {k: v for k, v in opts.to_dict().items() if k not in ("out", "resume", "force", "progress", "device", "device_map")},
         "units": units,
         "experts": experts,
     }
