@@ -35,6 +35,9 @@ class TrackOptions(Options):
     out: str = field(metadata=opt("Where to write the track JSON (scores go to OUT.scores.json)."))
     top_k: int = field(default=10, metadata=opt("Size of the top unit sets."))
     granularity: Literal["module", "layer", "head"] = field(default="module", metadata=opt("Units."))
+    method: Literal["exact", "attribution", "hybrid"] = field(default="exact", metadata=opt(
+        "How each checkpoint is scored (as in `mechmerge score`); hybrid measures each checkpoint's top units "
+        "exactly and estimates the rest, for models where exact scoring of every checkpoint is too slow."))
     batch_size: int = field(default=8, metadata=opt("Probes per forward pass."))
     max_probes: Optional[int] = field(default=None, metadata=opt("Use only the first N probes."))
     device: str = field(default="auto", metadata=opt("auto, cpu or cuda."))
@@ -63,6 +66,7 @@ def track(opts: TrackOptions) -> Dict[str, Any]:
 
     sopts = ScoreOptions(base=opts.base, experts=dict(opts.checkpoints), probes={n: opts.probes for n in opts.checkpoints},
                          out=f"{out}.scores.json", granularity=opts.granularity, direction="patch_in",
+                         method=opts.method, top_k=opts.top_k,
                          batch_size=opts.batch_size, max_probes=opts.max_probes, device=opts.device,
                          force=opts.force, progress=opts.progress)
     data = score(sopts)

@@ -38,6 +38,22 @@ def test_track_between_checkpoints(scored_pair, early, tmp_path):
     assert run("plot", out, "--out", tmp_path) == 0 and (tmp_path / "t.png").stat().st_size > 1000
 
 
+def test_track_with_hybrid_scoring(scored_pair, early, tmp_path):
+    """--method hybrid: each checkpoint's top units are measured exactly, the rest estimated; the same
+    top sets as exact scoring on these planted checkpoints."""
+    d, scores = scored_pair
+    out = tmp_path / "t.json"
+    assert run("track", "--base", d / "base", "--checkpoint", f"early={early}", "--checkpoint", f"late={d / 'a'}",
+               "--probes", d / "a.jsonl", "--out", out, "--top-k", "2", "--method", "hybrid", "--no-progress") == 0
+    t = json.loads(out.read_text())
+    planted = {"model.layers.0.self_attn.v_proj", "model.layers.1.mlp.down_proj"}
+    assert set(t["top"]["early"]["all"]) == set(t["top"]["late"]["all"]) == planted
+    sc = json.loads((tmp_path / "t.json.scores.json").read_text())
+    methods = {u: m["method"] for u, m in sc["experts"]["late"]["modules"].items() if not m["identical"]}
+    assert sc["options"]["method"] == "hybrid"
+    assert set(methods) == planted and set(methods.values()) == {"exact"}  # the only units that differ
+
+
 def test_conflict_matrix(scored_pair, tmp_path):
     d, scores = scored_pair
     out = tmp_path / "c.json"
