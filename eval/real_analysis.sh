@@ -5,7 +5,7 @@
 # Run from the repository root:  bash eval/real_analysis.sh     Outputs: results/real-analysis/  (~30 min, 1 CPU thread)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" HF_HUB_OFFLINE=1
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" HF_HUB_OFFLINE=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # eval.real.metrics
 R=${MECHMERGE_CACHE:-$HOME/.cache/mechmerge}/real/smollm2
 O=results/real-analysis
 mkdir -p $O
@@ -20,7 +20,7 @@ t mechmerge track --base $R/base --checkpoint step33=$R/.work/finetune/uppercase
 mechmerge plot $O/track-uppercase.json --out $O
 
 # 2. conflict between the four specialists, from the score stage's hybrid scores (32 probes each), causal included
-t mechmerge conflict $R/scores/scores.json --causal --out $O/conflict.json --force | tee $O/conflict.txt
+t mechmerge conflict $R/scores/scores.json --causal --out $O/conflict.json --force 2>&1 | tee $O/conflict.txt
 
 # 3. head granularity (query heads; SmolLM2 has grouped-query attention, 3 query heads per k/v head) against
 #    modules, uppercase + json, same strategy and parameters; evaluated on the 48 dev instructions of each by
