@@ -2,7 +2,7 @@
 # Circuit dynamics, conflict and head-level merging on the real SmolLM2-135M specialists (issue 7 on a real
 # model). Needs the eval/real pipeline's finetune and score stages:
 #   OMP_NUM_THREADS=1 python -m eval.real.pipeline --model smollm2 --stages score
-# Run from the repository root:  bash eval/real_analysis.sh     Outputs: results/real-analysis/  (~30 min, 1 CPU thread)
+# Run from the repository root:  bash eval/real_analysis.sh     Outputs: results/real-analysis/  (~40 min, 1 CPU thread)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" HF_HUB_OFFLINE=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # eval.real.metrics
@@ -41,4 +41,12 @@ mechmerge recipe $O/heads.json --out $O/heads-mix.yaml "${mix[@]}" --derive-dir 
 t evaluate $O/heads-mix.yaml $O/heads-mix.eval.json
 mechmerge recipe $O/modules.json --out $O/modules-mix.yaml "${mix[@]}" --force
 t evaluate $O/modules-mix.yaml $O/modules-mix.eval.json
+
+# 4. the conflict-aware strategy against plain topk (same k and background) and the uniform task-arithmetic
+#    merge, on the same two specialists, module scores, same evaluation
+for strat in "conflict --param k=16 --param background=0.25" "topk --param k=16 --param background=0.25" "uniform"; do
+  name=${strat%% *}
+  mechmerge recipe $O/modules.json --out $O/$name.yaml --strategy $strat --force
+  t evaluate $O/$name.yaml $O/$name.eval.json
+done
 rm -rf $O/.merged $O/.derived
