@@ -69,6 +69,7 @@ class WeightSwapper:
                 with torch.no_grad():
                     for s in slices:
                         saved.append((s, self._target(s).clone()))
+            self.current = None  # patched weights equal no checkpoint: a nested patch must copy
             self.write(slices, source)
             yield
         finally:
@@ -77,6 +78,7 @@ class WeightSwapper:
             with torch.no_grad():
                 for s, old in reversed(saved):
                     self._target(s).copy_(old)
+            self.current = restore
 
     @contextlib.contextmanager
     def swapped_to(self, source: Checkpoint, restore_from: Checkpoint, names: Iterable[str]) -> Iterator[None]:

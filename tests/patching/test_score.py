@@ -77,6 +77,22 @@ def test_base_is_bit_identical_after_scoring_and_after_a_failure(planted, probes
     _assert_model_is_checkpoint(setup)
 
 
+def test_nested_patches_restore_what_the_outer_patch_wrote(planted, probes_file, tmp_path):
+    """Patches restore from the checkpoint the model equals; inside a patch it equals none,
+    so an inner patch of the same units must put the outer patch's weights back."""
+    fam, base, expert, units = planted
+    setup = prepare(_opts(base, expert, probes_file, tmp_path / "s.json"))
+    ck = setup.experts["x"]
+    patched = [u for u in setup.units if u.name in units]
+    with setup.swapper.patched(patched, ck):
+        with setup.swapper.patched(patched, setup.base):
+            pass
+        for u in patched:
+            for name in u.tensors:
+                assert torch.equal(setup.swapper.params[name].data, ck.get(name).to(torch.float32)), name
+    _assert_model_is_checkpoint(setup)
+
+
 def test_anchor_is_null_above_the_anchor_layer(planted, probes_file, tmp_path):
     fam, base, expert, units = planted
     data = score(_opts(base, expert, probes_file, tmp_path / "s.json", anchor_layer=0))
