@@ -120,23 +120,24 @@ class Checkpoint:
             return _read_tensor(self.path / info.file, info)
         return _pickle_state(self.path / info.file)[name]
 
-    def read_rows(self, name: str, start: int, stop: int) -> torch.Tensor:
-        """Rows [start, stop) along dim 0, reading only their bytes (safetensors; other
-        formats read the whole tensor)."""
-        info = self.tensors.get(name)
-        if info is None or not info.file.endswith(".safetensors") or not info.shape:
-            return self.get(name)[start:stop]
-        row = math.prod(info.shape[1:]) * ST_DTYPES[info.dtype].itemsize
-        part = TensorInfo(name, (stop - start, *info.shape[1:]), info.dtype, info.file,
-                          info.start + start * row, info.start + stop * row)
-        return _read_tensor(self.path / info.file, part)
-
     def row_bytes(self, name: str) -> int:
-        """Bytes of one dim-0 row of a safetensors tensor; 0 when rows cannot be read alone."""
+        """Bytes of one dim-0 row of a safetensors tensor; 0 when rows cannot be read alone
+        (other formats, scalars, empty rows)."""
         info = self.tensors.get(name)
         if info is None or not info.file.endswith(".safetensors") or not info.shape:
             return 0
-        return max(1, math.prod(info.shape[1:]) * ST_DTYPES[info.dtype].itemsize)
+        return math.prod(info.shape[1:]) * ST_DTYPES[info.dtype].itemsize
+
+    def read_rows(self, name: str, start: int, stop: int) -> torch.Tensor:
+        """Rows [start, stop) along dim 0, reading only their bytes where `row_bytes` allows
+        (otherwise the whole tensor is read and sliced)."""
+        row = self.row_bytes(name)
+        if not row:
+            return self.get(name)[start:stop]
+        info = self.tensors[name]
+        part = TensorInfo(name, (stop - start, *info.shape[1:]), info.dtype, info.file,
+                          info.start + start * row, info.start + stop * row)
+        return _read_tensor(self.path / info.file, part)
 
     def has(self, name: str) -> bool:
         return name in self.tensors
