@@ -7,7 +7,7 @@ downloaded at run time. Packages are found with importlib without importing them
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import importlib.util
 import os
 from dataclasses import dataclass

@@ -91,7 +91,7 @@ def heatmap_section(ctx: Context, dest: Path) -> List[str]:
             lines += [f"![{kind} {png.stem}]({name})", ""]
     notes = dest / "observations.md"
     if notes.is_file():
-        lines += ["**Reading the heatmaps.** " + notes.read_text().strip(), ""]
+        lines += ["**Reading the heatmaps.**", "", notes.read_text().strip(), ""]
     return lines
 
 
