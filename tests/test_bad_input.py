@@ -8,7 +8,6 @@ any forward pass).
 
 import json
 import shutil
-import struct
 from pathlib import Path
 
 import pytest

@@ -10,7 +10,7 @@ import functools
 import io
 import logging
 import tempfile
-from typing import Any, Dict, Iterable, Iterator, Optional, Set
+from typing import Any, Dict, Iterable, Iterator, Optional
 
 import torch
 import yaml

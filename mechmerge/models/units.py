@@ -16,7 +16,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from ..errors import UserError, unknown
+from ..errors import unknown
 from .families import Family, category_of
 
 GRANULARITIES = ("module", "layer", "head")

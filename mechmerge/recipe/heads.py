@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Dict, List, Mapping, Sequence, Tuple
 
 import numpy as np
-import torch
 
 from ..io import atomic_dir
 from ..models.checkpoint import Checkpoint

@@ -1,6 +1,5 @@
 """Attribution and hybrid scores against exact ones; sharded scoring against one process."""
 
-import json
 import os
 import subprocess
 import sys

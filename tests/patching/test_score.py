@@ -4,7 +4,6 @@ import json
 
 import pytest
 import torch
-from mechmerge.models.checkpoint import Checkpoint
 from mechmerge.patching import engine
 from mechmerge.patching.score import ScoreOptions, prepare, score
 
