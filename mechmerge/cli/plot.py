@@ -9,8 +9,10 @@ from ..errors import UserError
 @click.command()
 @click.argument("file", type=click.Path())
 @click.option("--out", "out_dir", default=None, help="Folder for the PNGs (default: next to FILE).")
-def plot(file, out_dir):
-    """Draw a scores file (heatmap per expert: layer x module type) or a track file
+@click.option("--top", default=15, show_default=True, help="Units per panel of the interval plots.")
+def plot(file, out_dir, top):
+    """Draw a scores file (heatmap per expert: layer x module type; with --bootstrap
+    scores also each expert's top units with their intervals and ties) or a track file
     (how the top units move across checkpoints)."""
     p = Path(file)
     if not p.is_file():
@@ -27,6 +29,10 @@ def plot(file, out_dir):
 
         validate_scores(data, file)
         paths = plot_scores(data, out)
+        from ..report.intervals import has_intervals, plot_intervals
+
+        if has_intervals(data):
+            paths += plot_intervals(data, out, k=top)
     elif fmt == "mechmerge.track":
         from ..report.track import plot_track
 

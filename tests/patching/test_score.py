@@ -138,3 +138,27 @@ def test_bootstrap_intervals(planted, probes_file, tmp_path):
             total += 1
             inside += iv[0] <= pm[u][key] <= iv[1]
     assert total >= 4 and inside >= 0.75 * total
+    # the plot draws them: one interval figure per bootstrapped expert, next to the heatmap
+    from mechmerge.cli import main as cli
+
+    with pytest.raises(SystemExit) as ex:
+        cli(["plot", str(tmp_path / "b.json"), "--out", str(tmp_path / "png")])
+    assert ex.value.code == 0
+    assert {p.name for p in (tmp_path / "png").glob("*.png")} == {"heatmap-x.png", "intervals-x.png"}
+
+
+def test_interval_rows_rank_and_mark_ties():
+    from mechmerge.report.intervals import interval_rows
+
+    e = {"modules": {
+        "a": {"patch_in": 0.9, "ci": {"patch_in": [0.8, 1.0]}},
+        "b": {"patch_in": 0.5, "ci": {"patch_in": [0.45, 0.55]}},
+        "c": {"patch_in": 0.4, "ci": {"patch_in": [0.3, 0.5]}},   # overlaps b: tie
+        "d": {"patch_in": 0.2, "ci": {}},                         # attribution estimate: no interval
+        "e": {"patch_in": -0.1, "ci": {"patch_in": [-0.2, 0.0]}},
+        "f": {"patch_in": None}}}
+    rows = interval_rows(e, "patch_in", 10)
+    assert [r.unit for r in rows] == ["a", "b", "c", "d", "e"]
+    assert [r.tie_with_next for r in rows] == [False, True, False, False, False]
+    assert rows[3].interval is None and rows[0].interval == [0.8, 1.0]
+    assert [r.unit for r in interval_rows(e, "patch_in", 2)] == ["a", "b"]
