@@ -61,24 +61,32 @@ def measure_baseline(runner: LayerRunner, batches: Sequence[ProbeBatch], n_probe
     With n_probes > 0 also the per-probe sums that --bootstrap resamples."""
     b = Baseline()
     with torch.no_grad():
+        L, H = runner.num_layers, runner.hidden_size
         for batch in batches:
-            tr = runner.trace(batch)
+            # small per-block statistics live on the CPU (with a device_map the blocks' outputs
+            # sit on different devices), in buffers allocated before the pass: small tensors
+            # kept alive between the pass's large transients would pin the heap around them
+            sums = torch.zeros(L, H, dtype=torch.float64)
+            sq = torch.zeros(L, dtype=torch.float64)
+            probe_sums = torch.zeros(n_probes, L, H, dtype=torch.float64) if n_probes else None
+
+            def visit(layer: int, h: torch.Tensor) -> None:
+                # each block's output as the pass produces it: the pass never holds all of
+                # them (exact scoring's baselines peaked above its patching phase before)
+                states = runner.response_states(h, batch).double()  # [N, H]
+                sums[layer] = states.sum(0).cpu()
+                sq[layer] = (states ** 2).sum().cpu()
+                if probe_sums is not None:
+                    probe_sums[:, layer] = per_probe(states, batch, n_probes)
+
+            tr = runner.trace(batch, keep_inputs=False, visit=visit)
             lp = runner.response_logprobs(tr.inputs[-1], batch)
             b.lp_sum += float(lp.double().sum())
             b.n += batch.n_tokens
-            sums, sq, probe_sums = [], [], []
-            for h in tr.inputs[1:]:  # block outputs, one at a time to bound memory
-                states = runner.response_states(h, batch).double()  # [N, H]
-                # small per-block statistics live on the CPU: with a device_map the blocks'
-                # outputs sit on different devices
-                sums.append(states.sum(0).cpu())
-                sq.append((states ** 2).sum().cpu())
-                if n_probes:
-                    probe_sums.append(per_probe(states, batch, n_probes))
-            b.layer_sums.append(torch.stack(sums))
-            b.sq_norm = torch.stack(sq) if b.sq_norm is None else b.sq_norm + torch.stack(sq)
+            b.layer_sums.append(sums)
+            b.sq_norm = sq if b.sq_norm is None else b.sq_norm + sq
             if n_probes:
-                lp_p, lay_p = per_probe(lp, batch, n_probes), torch.stack(probe_sums, 1)
+                lp_p, lay_p = per_probe(lp, batch, n_probes), probe_sums
                 b.lp_probe = lp_p if b.lp_probe is None else b.lp_probe + lp_p
                 b.layer_probe = lay_p if b.layer_probe is None else b.layer_probe + lay_p
     return b

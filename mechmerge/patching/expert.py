@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from ..models.memory import release_memory
 from ..models.units import Unit
 from . import distributed as dist
 from . import engine
@@ -73,8 +74,10 @@ def measure_expert(setup, name: str, journal, bar) -> Optional[ExpertResult]:
     bar.add_total(2)
     n_probes = setup.n_probes[name] if opts.bootstrap else 0
     b_stats = engine.measure_baseline(runner, batches, n_probes)
+    release_memory()
     with swapper.swapped_to(expert, base, setup.param_names):
         e_stats = engine.measure_baseline(runner, batches, n_probes)
+    release_memory()
     bar.advance(2)
     L = base.num_layers
     layer = opts.anchor_layer if opts.anchor_layer is not None else engine.choose_anchor_layer(b_stats, e_stats, L)
@@ -127,6 +130,7 @@ def measure_expert(setup, name: str, journal, bar) -> Optional[ExpertResult]:
                 local[phase][u] = (m_e - m.lp_sum / m.n, None, "exact")
         if n_probes:
             local_raw[phase] = raw
+        release_memory()
     parts = dist.gather((local, local_raw))
     if dist.rank() != 0:
         return None

@@ -16,7 +16,7 @@ logit softcapping.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 
@@ -62,10 +62,16 @@ class LayerRunner:
         self.lm_head = _get(model, family.lm_head)
         self.softcap = getattr(model.config, "final_logit_softcapping", None)
         self.num_layers = len(self.blocks)
+        self.hidden_size = int(model.config.get_text_config().hidden_size)
 
     # -- full pass --------------------------------------------------------------------
-    def trace(self, batch: ProbeBatch, keep_inputs: bool = True) -> Trace:
-        """Run the unpatched backbone once, recording every block's inputs."""
+    def trace(self, batch: ProbeBatch, keep_inputs: bool = True,
+              visit: Optional[Callable[[int, torch.Tensor], None]] = None) -> Trace:
+        """Run the unpatched backbone once, recording every block's inputs.
+
+        With keep_inputs=False only the embeddings' output and the final-norm input are
+        kept; `visit(l, h)` sees each block's output h (l = 0..L-1) as it is produced, so
+        statistics over all blocks need not hold all of them at once."""
         L = self.num_layers
         inputs: List[Optional[torch.Tensor]] = [None] * (L + 1)
         args: List[Tuple] = [()] * L
@@ -76,12 +82,16 @@ class LayerRunner:
                 hidden = a[0] if a else kw["hidden_states"]
                 if keep_inputs or i == 0:
                     inputs[i] = hidden
+                if visit is not None and i > 0:
+                    visit(i - 1, hidden)
                 args[i] = a[1:] if a else ()
                 kwargs[i] = {k: v for k, v in kw.items() if k != "hidden_states"}
             return hook
 
         def norm_hook(module, a):
             inputs[L] = a[0]
+            if visit is not None:
+                visit(L - 1, a[0])
 
         handles = [b.register_forward_pre_hook(block_hook(i), with_kwargs=True) for i, b in enumerate(self.blocks)]
         handles.append(self.final_norm.register_forward_pre_hook(norm_hook))

@@ -21,6 +21,7 @@ from ..errors import UserError
 from ..io import atomic_write_text, check_output, dumps
 from ..models.checkpoint import Checkpoint, check_compatible
 from ..models.load import load_model, load_tokenizer, param_order, params_by_name, resolve_device, resolve_dtype
+from ..models.memory import release_memory
 from ..models.units import Unit, discover_units
 from ..options import Options, opt
 from ..probes import file_sha256, load_probes, make_batches, pad_id_of, tokenize_all
@@ -126,6 +127,7 @@ def prepare(opts: ScoreOptions) -> Setup:
     device = resolve_device(opts.device)
     dtype = resolve_dtype(opts.dtype, device)
     model = load_model(base, device, dtype, opts.trust_remote_code, opts.device_map)
+    release_memory()  # the streamed load's transients
     if opts.device_map:  # inputs start where the embeddings live; accelerate's hooks move them on
         device = model.get_input_embeddings().weight.device
     tokenizer = load_tokenizer([base, *experts.values()], opts.trust_remote_code)
