@@ -3,7 +3,8 @@
 # rankings separated by their probe-resampling intervals, or ties? Needs the eval/real pipeline's finetune
 # stage:  OMP_NUM_THREADS=1 python -m eval.real.pipeline --model smollm2 --stages finetune
 # Run from the repository root:  bash eval/real_bootstrap.sh    Outputs: results/real-analysis/bootstrap*
-# (~18 min, 1 CPU thread: the score stage's hybrid run over all 32 scoring probes, plus per-probe sums)
+# (~40 min, 1 CPU thread, next to other jobs: the score stage's hybrid run over all 32 scoring probes, plus
+# per-probe sums)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" HF_HUB_OFFLINE=1
@@ -12,9 +13,8 @@ O=results/real-analysis
 mkdir -p $O
 pairs() { for e in "$@"; do echo --expert $e=$R/experts/$e --probes $e=$R/data/$e/score.jsonl; done; }
 s=$SECONDS
-# the summary table (top units, intervals, '=' for a tie with the next unit) goes to stderr
 mechmerge score --base $R/base $(pairs uppercase json end_phrase bullets) --method hybrid --bootstrap 1000 \
-  --out $O/bootstrap.json --force --no-progress 2> >(grep -v -i warn > $O/bootstrap.txt)
+  --out $O/bootstrap.json --force --no-progress
 echo "[$((SECONDS - s)) s] mechmerge score --bootstrap 1000" > $O/bootstrap-time.txt
 mechmerge plot $O/bootstrap.json --out $O/bootstrap --top 15
 python - $O/bootstrap.json <<'PY' | tee $O/bootstrap-ties.txt
