@@ -33,4 +33,11 @@ mechmerge recipe $O/heads.json --out $O/heads-mix.yaml "${mix[@]}" --derive-dir 
 evaluate $O/heads-mix.yaml $O/heads-mix.eval.json
 mechmerge recipe $O/scores.json --expert rev --expert shift --out $O/modules-mix.yaml "${mix[@]}" --force
 evaluate $O/modules-mix.yaml $O/modules-mix.eval.json
+
+# 4. first-order scores against the exact ones of section 2, same probes: attribution, and hybrid (exact for
+#    each direction's top 10 and the units whose estimates could place them there)
+for m in attribution hybrid; do
+  mechmerge score --base $Z/base $(pairs rev shift sort add) --method $m --out $O/scores-$m.json --force --no-progress
+  mechmerge agree $O/scores.json $O/scores-$m.json | tee $O/agree-$m.txt
+done
 rm -rf $O/.merged $O/.derived

@@ -26,6 +26,7 @@ COMMANDS = {
     "plot": "plot:plot",
     "track": "track:track",
     "conflict": "conflict:conflict",
+    "agree": "agree:agree",
     "zoo": "zoo:zoo",
     "demo": "demo:demo",
     "import-gguf": "import_gguf:import_gguf",

@@ -84,4 +84,5 @@ def _panel(ax, rows: List[Row], key: str) -> None:
     ax.axvline(0, color="black", lw=0.5)
     ax.set_xlabel(key)
     n_ties = sum(r.tie_with_next for r in rows)
-    ax.set_title(f"{key}: {n_ties} of {max(0, len(rows) - 1)} neighbouring pairs tied" if rows else key)
+    pairs = sum(a.interval is not None and b.interval is not None for a, b in zip(rows, rows[1:]))
+    ax.set_title(f"{key}: {n_ties} of {pairs} neighbouring pairs with intervals tied" if rows else key)

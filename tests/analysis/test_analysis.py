@@ -72,3 +72,27 @@ def test_heatmaps(scored_pair, tmp_path):
     d, scores = scored_pair
     assert run("plot", scores, "--out", tmp_path) == 0
     assert {p.name for p in tmp_path.glob("*.png")} == {"heatmap-a.png", "heatmap-b.png"}
+
+
+def test_agree(scored_pair, tmp_path):
+    d, scores = scored_pair
+    data = json.loads(scores.read_text())
+    for e in data["experts"].values():  # every unit measured, with distinct scores
+        for i, s in enumerate(e["modules"].values()):
+            s.update(identical=False, patch_in=float(i), knockout=float(-i))
+    ref, other = tmp_path / "ref.json", tmp_path / "other.json"
+    ref.write_text(json.dumps(data))
+    mods = data["experts"]["a"]["modules"]
+    top = max(mods, key=lambda u: mods[u]["patch_in"])
+    mods[top]["patch_in"] = -1.0  # the top unit to the bottom: top-3 sets share two, ranks shift
+    other.write_text(json.dumps(data))
+    assert run("agree", ref, other, "--top-k", "3", "--out", tmp_path / "agree.json") == 0
+    r = json.loads((tmp_path / "agree.json").read_text())["experts"]
+    assert r["a"]["patch_in"]["top_k_overlap"] == 2 and 0 < r["a"]["patch_in"]["spearman"] < 0.99
+    assert r["a"]["patch_in"]["max_abs_diff"] == len(mods)
+    assert r["a"]["knockout"]["top_k_overlap"] == 3 and r["a"]["knockout"]["spearman"] == pytest.approx(1.0)
+    assert r["b"]["patch_in"]["max_abs_diff"] == 0.0 and r["b"]["patch_in"]["units"] == len(mods)
+    # another model's units: refused
+    data["units"] = {f"x{u}": v for u, v in data["units"].items()}
+    other.write_text(json.dumps(data))
+    assert run("agree", ref, other) == 2
