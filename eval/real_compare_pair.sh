@@ -10,9 +10,10 @@ cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" HF_HUB_OFFLINE=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 R=${MECHMERGE_CACHE:-$HOME/.cache/mechmerge}/real/smollm2
 O=results/real-compare
-mkdir -p $O/run
+W=$R/.work/compare-pair  # the harness's cache (per-candidate results): a re-run resumes, or only re-reports
+mkdir -p $O $W
 # the score stage's hybrid scores (32 probes per specialist), so the harness does not rescore
-[ -f $O/run/scores.json ] || cp $R/scores/scores.json $O/run/scores.json
+[ -f $W/scores.json ] || cp $R/scores/scores.json $W/scores.json
 python - "$R" "$O/suite.json" <<'PY'
 import json, sys
 from pathlib import Path
@@ -29,7 +30,7 @@ Path(out).write_text(json.dumps(suite, indent=1))
 PY
 s=$SECONDS
 # the same protocol settings as the pipeline's compare stage (3 candidates, 16 dev and 32 test instructions)
-mechmerge compare $O/suite.json --out $O/run --sizes 2 --candidates 3 --strategy mix --strategy conflict \
+mechmerge compare $O/suite.json --out $W --sizes 2 --candidates 3 --strategy mix --strategy conflict \
   --score-method hybrid --max-dev-probes 16 --max-test-probes 32 --device cpu --no-progress
 echo "[$((SECONDS - s)) s] mechmerge compare (this run; cached candidates are not re-run)" > $O/time.txt
-cp $O/run/results.md $O/run/results.png $O/
+cp $W/results.md $W/results.json $W/results.png $O/
