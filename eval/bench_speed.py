@@ -3,9 +3,10 @@
     python eval/bench_speed.py --base BASE --expert EXPERT --probes PROBES.jsonl [--max-probes 8] [--out DIR]
 
 Methods, each in its own subprocess so that peak RSS is its own:
-  floor        no patching: mechmerge's setup (tokenizer, base model) and one unpatched
-               pass over the probes, recording every block's input (what exact scoring
-               does before its first patch); the memory every method needs at least
+  floor        no patching: mechmerge's setup (tokenizer, base model), the baseline pass, the
+               recorded input of every block for every probe batch and one replay through
+               the lm_head (what exact scoring holds while it patches, without a patch);
+               the memory every method needs at least
   naive        both models fully in memory; for every unit, copy the expert's weights
                into the base and run the full Hugging Face forward (all logits), restore
   exact        `mechmerge score --method exact` (suffix-only replay, streamed expert)
@@ -99,7 +100,17 @@ def floor(args) -> dict:
     setup = prepare(ScoreOptions(base=args.base, experts={"x": args.expert}, probes={"x": args.probes}, out="",
                                  method="exact", max_probes=args.max_probes, batch_size=args.batch_size,
                                  progress=False))
-    engine.measure_baseline(setup.runner, setup.batches["x"])
+    runner, batches = setup.runner, setup.batches["x"]
+    engine.measure_baseline(runner, batches)
+    # what exact scoring holds while it patches, without patching: every batch's trace (the
+    # input of every block) and one replay of the whole model from it through the lm_head.
+    # (measure_baseline alone no longer keeps the block inputs since commit fe69e67.)
+    import torch
+
+    with torch.no_grad():
+        traces = [runner.trace(b) for b in batches]
+        final, _ = runner.run_from(traces[0], 0)
+        runner.response_logprobs(final, traces[0].batch)
     return {"seconds": time.perf_counter() - t0, "peak_rss_mb": rss_mb(), "rss_before_mb": r0,
             "model_mb": setup.base.nbytes() / 2 ** 20}
 
@@ -256,7 +267,7 @@ def markdown(report: dict) -> str:
     m = report["methods"]
     for name, r in m.items():
         if name == "floor":
-            rows.append(f"| floor (load + one unpatched pass, no scores) | {r['seconds']:.1f} s | | "
+            rows.append(f"| floor (load, unpatched passes, traces held; no patch) | {r['seconds']:.1f} s | | "
                         f"{r['peak_rss_mb']:.0f} MB | |")
             continue
         if name == "exact":
