@@ -18,11 +18,8 @@ import numpy as np
 from ..errors import UserError
 from ..io import atomic_write_text, check_output, dumps
 from ..options import Options, opt
-from ..scores import read_scores
+from ..scores import SCORE_KEYS, read_scores
 from .track import spearman
-
-KEYS = ("patch_in", "knockout", "anchor")
-
 
 @dataclass
 class AgreeOptions(Options):
@@ -67,7 +64,7 @@ def agree(opts: AgreeOptions) -> Dict[str, Any]:
                               "other": {"file": opts.other, "method": other.get("method")}, "experts": {}}
     for name, e in ref["experts"].items():
         if name in other["experts"]:
-            rows = {key: compare_expert(e, other["experts"][name], key, opts.top_k) for key in KEYS}
+            rows = {key: compare_expert(e, other["experts"][name], key, opts.top_k) for key in SCORE_KEYS}
             result["experts"][name] = {key: r for key, r in rows.items() if r is not None}
     if out is not None:
         atomic_write_text(out, dumps(result))

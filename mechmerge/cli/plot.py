@@ -29,10 +29,9 @@ def plot(file, out_dir, top):
 
         validate_scores(data, file)
         paths = plot_scores(data, out)
-        from ..report.intervals import has_intervals, plot_intervals
+        from ..report.intervals import plot_intervals
 
-        if has_intervals(data):
-            paths += plot_intervals(data, out, k=top)
+        paths += plot_intervals(data, out, k=top)
     elif fmt == "mechmerge.track":
         from ..report.track import plot_track
 

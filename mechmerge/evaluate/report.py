@@ -7,6 +7,8 @@ from typing import Any, Dict, List
 
 import numpy as np
 
+from ..report.figures import pyplot, save
+
 BASELINES = ("linear", "task_arithmetic", "ties", "dare_ties")
 CLAIM_MARGIN, CLAIM_WORST = 0.03, -0.02
 
@@ -101,10 +103,7 @@ def write_report(data: Dict[str, Any], out: Path) -> None:
 
 
 def plot(data: Dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     rows = data["summary"]["methods"]
     names = list(rows)
@@ -130,6 +129,4 @@ def plot(data: Dict[str, Any], path: Path) -> None:
     a2.set_ylim(0, 1)
     a2.legend(fontsize=7, ncol=2)
     fig.suptitle(f"{data['suite']}: guided (blue) vs uniform baselines (orange)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, path)

@@ -14,7 +14,10 @@ from typing import Any, Dict, List
 
 import numpy as np
 
-KEYS = ("patch_in", "knockout", "anchor")
+from ..scores import SCORE_KEYS
+from .figures import pyplot, save
+
+KEYS = SCORE_KEYS
 
 
 def grid(data: Dict[str, Any], expert: str, key: str):
@@ -38,10 +41,7 @@ def grid(data: Dict[str, Any], expert: str, key: str):
 
 
 def plot_scores(data: Dict[str, Any], out_dir: Path, keys=KEYS) -> List[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -67,9 +67,5 @@ def plot_scores(data: Dict[str, Any], out_dir: Path, keys=KEYS) -> List[Path]:
             fig.colorbar(im, ax=ax, fraction=0.04)
         rel = "" if e.get("reliable", True) else " (UNRELIABLE)"
         fig.suptitle(f"{expert}{rel}: Weight Patching scores by layer and module")
-        fig.tight_layout()
-        path = out_dir / f"heatmap-{expert}.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        paths.append(path)
+        paths.append(save(fig, out_dir / f"heatmap-{expert}.png"))
     return paths

@@ -14,9 +14,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from ..patching.bootstrap import ties
-
-KEYS = ("patch_in", "knockout", "anchor")
-
+from ..scores import SCORE_KEYS
+from .figures import pyplot, save
 
 @dataclass(frozen=True)
 class Row:
@@ -35,34 +34,23 @@ def interval_rows(expert: Dict[str, Any], key: str, k: int) -> List[Row]:
     return [Row(u, float(mods[u][key]), ci[u].get(key), t) for u, t in zip(ranked, tie)]
 
 
-def has_intervals(data: Dict[str, Any]) -> bool:
-    return any("bootstrap" in e for e in data["experts"].values())
-
-
 def plot_intervals(data: Dict[str, Any], out_dir: Path, k: int = 15) -> List[Path]:
-    """intervals-<expert>.png for every expert scored with --bootstrap."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """intervals-<expert>.png for every expert scored with --bootstrap (none for the others)."""
+    plt = pyplot()
 
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for expert, e in data["experts"].items():
         if "bootstrap" not in e:
             continue
-        keys = [key for key in KEYS if any(s.get("ci", {}).get(key) for s in e["modules"].values())]
+        keys = [key for key in SCORE_KEYS if any(s.get("ci", {}).get(key) for s in e["modules"].values())]
         fig, axes = plt.subplots(1, len(keys), figsize=(6.5 * len(keys), 0.32 * k + 1.8), squeeze=False)
         for ax, key in zip(axes[0], keys):
             _panel(ax, interval_rows(e, key, k), key)
         b = e["bootstrap"]
         fig.suptitle(f"{expert}: top {k} units with {100 * b['level']:.0f}% bootstrap intervals "
                      f"({b['replicates']} resamples of the probes); '=' ties with the unit below")
-        fig.tight_layout()
-        path = out_dir / f"intervals-{expert}.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        paths.append(path)
+        paths.append(save(fig, out_dir / f"intervals-{expert}.png"))
     return paths
 
 

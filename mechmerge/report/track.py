@@ -7,12 +7,11 @@ from typing import Any, Dict
 
 import numpy as np
 
+from .figures import pyplot, save
+
 
 def plot_track(data: Dict[str, Any], out_dir: Path, name: str = "track.png") -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     names = data["checkpoints"]
     rows = []
@@ -47,9 +46,5 @@ def plot_track(data: Dict[str, Any], out_dir: Path, name: str = "track.png") -> 
     a2.axhline(0, color="k", lw=0.5)
     a2.legend(fontsize=7)
     a2.set_title("between consecutive checkpoints")
-    fig.tight_layout()
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / name
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save(fig, out_dir / name)
