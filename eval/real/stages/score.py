@@ -21,11 +21,9 @@ import json
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict
 
-import numpy as np
-
-from mechmerge.analysis.track import spearman
+from mechmerge.analysis.agreement import compare_expert
 from mechmerge.patching.score import ScoreOptions, score
 
 from ..artifacts import experts, probes_file, write_json
@@ -51,23 +49,16 @@ def run_scoring(ctx: Context, label: str, opts: ScoreOptions) -> Dict[str, Any]:
     return rec
 
 
-def vector(data: Dict[str, Any], expert: str, key: str = "patch_in") -> tuple[List[str], np.ndarray]:
-    mods = data["experts"][expert]["modules"]
-    names = [u for u in data["units"] if not mods[u]["identical"]]
-    return names, np.array([mods[u][key] if mods[u][key] is not None else np.nan for u in names], dtype=float)
-
-
 def agreement(reference: Dict[str, Any], other: Dict[str, Any], expert: str, k: int = 10) -> Dict[str, Any]:
-    """Spearman correlation of patch_in over the units that differ, and overlap of the top-k sets."""
-    names, ref = vector(reference, expert)
-    names2, oth = vector(other, expert)
-    if names != names2:
+    """Spearman correlation of patch_in over the units that differ, and the share of the top-k
+    sets in common: `mechmerge agree`'s numbers, the overlap as the fraction the report prints."""
+    def differing(data):
+        return [u for u, s in data["experts"][expert]["modules"].items() if not s["identical"]]
+
+    if differing(reference) != differing(other):
         raise ValueError("the two scorings cover different units")
-    ok = np.isfinite(ref) & np.isfinite(oth)
-    top_ref = [names[i] for i in np.argsort(-ref, kind="stable")[:k]]
-    top_oth = [names[i] for i in np.argsort(-oth, kind="stable")[:k]]
-    return {"spearman": spearman(ref[ok], oth[ok]), "units": int(ok.sum()), "k": k,
-            "top_k_overlap": len(set(top_ref) & set(top_oth)) / k, "top_reference": top_ref, "top_other": top_oth}
+    r = compare_expert(reference["experts"][expert], other["experts"][expert], "patch_in", k)
+    return {**r, "top_k_overlap": r["top_k_overlap"] / r["k"]}
 
 
 @stage("score", artifact="scores", requires=("finetune",))
