@@ -180,7 +180,7 @@ def measure_unit(
     return Measurement(lp, n, a_sum if capture is not None else None, probe, a_probe)
 
 
-def group_batches(batches: Sequence[ProbeBatch], runner: LayerRunner, hidden: int, budget_bytes: int,
+def group_batches(batches: Sequence[ProbeBatch], runner: LayerRunner, budget_bytes: int,
                   elem_bytes: int = 4) -> List[List[int]]:
     """Split batch indices into groups whose traces fit in `budget_bytes` together.
 
@@ -189,7 +189,7 @@ def group_batches(batches: Sequence[ProbeBatch], runner: LayerRunner, hidden: in
     groups: List[List[int]] = [[]]
     used = 0
     for i, b in enumerate(batches):
-        size = (runner.num_layers + 1) * b.input_ids.numel() * hidden * elem_bytes
+        size = (runner.num_layers + 1) * b.input_ids.numel() * runner.hidden_size * elem_bytes
         if groups[-1] and used + size > budget_bytes:
             groups.append([])
             used = 0

@@ -103,9 +103,8 @@ def measure_expert(setup, name: str, journal, bar) -> Optional[ExpertResult]:
         exact_units = (select_for_exact(est, todo, opts.top_k, e_stats.m - b_stats.m, opts.hybrid_margin)
                        if opts.method == "hybrid" else [])
 
-    hidden = int(base.config.get("hidden_size") or base.config.get("n_embd"))
     elem = next(setup.model.parameters()).element_size()
-    groups = engine.group_batches(batches, runner, hidden, opts.cache_mb * 2 ** 20, elem)
+    groups = engine.group_batches(batches, runner, opts.cache_mb * 2 ** 20, elem)
     mine = dist.shard(exact_units)
     bar.add_total(len(mine) * len(groups) * len(phases))
     local: Dict[str, Dict[str, Delta]] = {p: {} for p in phases}
