@@ -157,8 +157,32 @@ def child(args) -> None:
     fn = {"floor": floor, "naive": naive, "exact": lambda a: mechmerge_score(a, "exact"),
           "attribution": lambda a: mechmerge_score(a, "attribution"),
           "hybrid": lambda a: mechmerge_score(a, "hybrid")}[args.only]
+    timeline = sample_rss()
     res = fn(args)
+    res["rss_timeline"] = timeline  # [seconds, MB] every RSS_SAMPLE_S: where in the run the peak happened
     Path(args.out, f"{args.only}.json").write_text(json.dumps(res))
+
+
+RSS_SAMPLE_S = 2.0
+
+
+def sample_rss() -> list:
+    """Record the resident size every RSS_SAMPLE_S seconds in a daemon thread."""
+    import threading
+
+    samples: list = []
+    t0 = time.perf_counter()
+
+    def run() -> None:
+        while True:
+            with open("/proc/self/status") as f:
+                kb = next((int(line.split()[1]) for line in f if line.startswith("VmRSS:")), 0)
+            samples.append([round(time.perf_counter() - t0, 1), round(kb / 1024)])
+            time.sleep(RSS_SAMPLE_S)
+
+    if Path("/proc/self/status").exists():
+        threading.Thread(target=run, daemon=True).start()
+    return samples
 
 
 def spearman(a, b) -> float:

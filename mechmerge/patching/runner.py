@@ -63,6 +63,8 @@ class LayerRunner:
         self.softcap = getattr(model.config, "final_logit_softcapping", None)
         self.num_layers = len(self.blocks)
         self.hidden_size = int(model.config.get_text_config().hidden_size)
+        # (device, dtype) -> [chunk, vocab] buffer reused by every no-grad tail pass; see _tail_buffer
+        self._tail_buffers: Dict[Tuple[torch.device, torch.dtype, int], torch.Tensor] = {}
 
     # -- full pass --------------------------------------------------------------------
     def trace(self, batch: ProbeBatch, keep_inputs: bool = True,
@@ -76,11 +78,31 @@ class LayerRunner:
         inputs: List[Optional[torch.Tensor]] = [None] * (L + 1)
         args: List[Tuple] = [()] * L
         kwargs: List[Dict] = [{}] * L
+        # Kept inputs are copied into one [L+1, B, T, H] buffer allocated up front. Why: each
+        # block's output, kept where the forward allocated it, pins a piece of glibc's heap
+        # between the block's freed temporaries, and holding a trace grew the resident size
+        # by ~1.7x its bytes (by a different amount every run). Not under autograd
+        # (attribution backpropagates through the kept tensors) and not across devices.
+        store: List[torch.Tensor] = []
+
+        def keep(i: int, hidden: torch.Tensor) -> None:
+            if torch.is_grad_enabled():
+                inputs[i] = hidden
+                return
+            if not store:
+                store.append(hidden.new_empty((L + 1, *hidden.shape)))
+            buf = store[0]
+            if hidden.device != buf.device or hidden.dtype != buf.dtype or hidden.shape != buf.shape[1:]:
+                inputs[i] = hidden
+            else:
+                inputs[i] = buf[i].copy_(hidden)
 
         def block_hook(i):
             def hook(module, a, kw):
                 hidden = a[0] if a else kw["hidden_states"]
-                if keep_inputs or i == 0:
+                if keep_inputs:
+                    keep(i, hidden)
+                elif i == 0:
                     inputs[i] = hidden
                 if visit is not None and i > 0:
                     visit(i - 1, hidden)
@@ -89,7 +111,10 @@ class LayerRunner:
             return hook
 
         def norm_hook(module, a):
-            inputs[L] = a[0]
+            if keep_inputs:
+                keep(L, a[0])
+            else:
+                inputs[L] = a[0]
             if visit is not None:
                 visit(L - 1, a[0])
 
@@ -123,9 +148,16 @@ class LayerRunner:
         return hidden, captured
 
     def _full(self, trace: Trace, capture: Optional[int]) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-        fresh = self.trace(trace.batch, keep_inputs=True)
-        out = fresh.inputs[capture + 1] if capture is not None else None
-        return fresh.inputs[self.num_layers], out
+        # keep only what is returned: holding every block input again, next to the traces
+        # already held, would double the activations while the embedding unit is measured
+        kept: List[torch.Tensor] = []
+
+        def visit(layer: int, h: torch.Tensor) -> None:
+            if layer == capture:
+                kept.append(h)
+
+        fresh = self.trace(trace.batch, keep_inputs=False, visit=visit if capture is not None else None)
+        return fresh.inputs[self.num_layers], (kept[0] if kept else None)
 
     def block_output(self, trace: Trace, layer: int) -> torch.Tensor:
         """Recorded output of block `layer` (= input of the next block or of the final norm)."""
@@ -148,18 +180,57 @@ class LayerRunner:
         targets = batch.targets.to(dev)
         vocab = self.lm_head.weight.shape[0]
         chunk = max(1, LOGIT_CHUNK_ELEMENTS // vocab)
+        reuse = not torch.is_grad_enabled() and type(self.lm_head) is torch.nn.Linear
         lps, hits = [], []
         for s in range(0, h.shape[0], chunk):
-            logits = self.lm_head(self.final_norm(h[s: s + chunk])).float()
+            x = self.final_norm(h[s: s + chunk])
+            logits = self._logits_into_buffer(x) if reuse else self.lm_head(x).float()
             tgt = targets[s: s + chunk, None].to(logits.device)
             if self.softcap:
-                logits = torch.tanh(logits / self.softcap) * self.softcap
-            lp = torch.log_softmax(logits, dim=-1)
+                if reuse:
+                    logits.div_(self.softcap).tanh_().mul_(self.softcap)
+                else:
+                    logits = torch.tanh(logits / self.softcap) * self.softcap
+            if reuse:
+                lp = torch.log_softmax(logits, dim=-1, out=self._tail_buffer(logits.shape[0], logits, 1))
+            else:
+                lp = torch.log_softmax(logits, dim=-1)
             lps.append(lp.gather(1, tgt).squeeze(1))
             hits.append(logits.argmax(-1) == tgt.squeeze(1))
         if not lps:
             return h.new_zeros(0), torch.zeros(0, dtype=torch.bool, device=h.device)
         return torch.cat(lps), torch.cat(hits)  # on the lm_head's device
+
+    def _tail_buffer(self, rows: int, like: torch.Tensor, slot: int, dtype: Optional[torch.dtype] = None
+                     ) -> torch.Tensor:
+        """A [rows, vocab] view of a buffer kept across calls.
+
+        Why: fresh 16 MB logits and log-softmax tensors per chunk fragment glibc's heap
+        (the small per-chunk results land between the freed blocks), and one scoring pass
+        grew the resident size by 150-200 MB for 32 MB live, by a different amount in
+        every run. Writing into the same buffers (out=) keeps the tail's memory fixed;
+        the kernels are the same, so the numbers are bit-identical."""
+        dtype = dtype or like.dtype
+        key = (like.device, dtype, slot)
+        buf = self._tail_buffers.get(key)
+        chunk = max(1, LOGIT_CHUNK_ELEMENTS // self.lm_head.weight.shape[0])
+        if buf is None:
+            buf = torch.empty(chunk, self.lm_head.weight.shape[0], device=like.device, dtype=dtype)
+            self._tail_buffers[key] = buf
+        return buf[:rows]
+
+    def _logits_into_buffer(self, x: torch.Tensor) -> torch.Tensor:
+        """lm_head(x) as float32, written into a reused buffer (no-grad passes only)."""
+        w, b = self.lm_head.weight, self.lm_head.bias
+        x = x.to(w.device)  # what accelerate's hook does when a device_map spreads the model
+        out = self._tail_buffer(x.shape[0], w, 0)
+        if b is None:
+            torch.mm(x, w.t(), out=out)
+        else:
+            torch.addmm(b, x, w.t(), out=out)
+        if out.dtype == torch.float32:
+            return out
+        return self._tail_buffer(x.shape[0], w, 2, torch.float32).copy_(out)
 
     def response_states(self, hidden: torch.Tensor, batch: ProbeBatch) -> torch.Tensor:
         """Hidden states at the positions that predict response tokens, [N, H]."""

@@ -40,7 +40,28 @@ def test_capture_returns_block_output(family_base, probes_file):
     ck, model, runner, batches = _setup(base, probes_file)
     with torch.no_grad():
         tr = runner.trace(batches[0])
-        for start in range(runner.num_layers):
-            for cap in range(start, runner.num_layers):
+        for start in range(-1, runner.num_layers):  # -1: the embedding unit's full pass
+            for cap in range(max(start, 0), runner.num_layers):
                 _, mid = runner.run_from(tr, start, capture=cap)
                 assert torch.equal(mid, runner.block_output(tr, cap))
+
+
+def test_tail_buffers_give_the_grad_path_numbers(family_base, probes_file):
+    """No-grad tails write logits into reused buffers; the numbers must equal the plain
+    path (used under autograd) bit for bit, whatever batch came before (a stale buffer
+    row must never leak into a shorter chunk)."""
+    fam, base = family_base
+    ck, model, runner, batches = _setup(base, probes_file, batch_size=2)
+    finals = []
+    with torch.no_grad():
+        for b in batches:
+            finals.append(runner.trace(b, keep_inputs=False).inputs[-1])
+    for rnd in range(2):
+        for b, final in zip(batches, finals):
+            with torch.no_grad():
+                lp, hit = runner.response_scores(final, b)
+            with torch.enable_grad():
+                ref_lp, ref_hit = runner.response_scores(final, b)
+            assert torch.equal(lp, ref_lp.detach()), f"{fam}: buffered tail differs"
+            assert torch.equal(hit, ref_hit)
+    assert runner._tail_buffers, "the no-grad path did not use its buffers"
