@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Circuit dynamics, conflict and head-level merging on the real SmolLM2-135M specialists (issue 7 on a real
+# Circuit dynamics, conflict and head-level merging on the real specialists (SmolLM2-135M by default, MODEL=gemma3-270m) (issue 7 on a real
 # model). Needs the eval/real pipeline's finetune and score stages:
 #   OMP_NUM_THREADS=1 python -m eval.real.pipeline --model smollm2 --stages score
 # Run from the repository root:  bash eval/real_analysis.sh     Outputs: results/real-analysis/  (~55 min, 1 CPU thread)
@@ -8,8 +8,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" HF_HUB_OFFLINE=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # eval.real.metrics
-R=${MECHMERGE_CACHE:-$HOME/.cache/mechmerge}/real/smollm2
-O=results/real-analysis
+# MODEL=gemma3-270m runs the same on the Gemma specialists (outputs: results/real-analysis-gemma3-270m/)
+MODEL=${MODEL:-smollm2}
+R=${MECHMERGE_CACHE:-$HOME/.cache/mechmerge}/real/$MODEL
+O=results/real-analysis$([ "$MODEL" = smollm2 ] || echo "-$MODEL")
 mkdir -p $O
 t() { local s=$SECONDS; "$@"; echo "[$((SECONDS - s)) s] ${*:1:2}" >> $O/times.txt; }
 SECTIONS=${*:-track conflict heads strategies controls}
@@ -38,7 +40,7 @@ t mechmerge conflict $R/scores/scores.json --causal --out $O/conflict.json --for
 fi
 
 if want heads; then
-# 3. head granularity (query heads; SmolLM2 has grouped-query attention, 3 query heads per k/v head) against
+# 3. head granularity (query heads; SmolLM2: 3 query heads per k/v head; Gemma-3-270M: 4 per its one k/v head) against
 #    modules, uppercase + json, same strategy and parameters; evaluated on the 48 dev instructions of each by
 #    greedy generation (96 new tokens) and the constraint's verifier (eval/real/metrics.py)
 t mechmerge score --base $R/base $(pairs uppercase json) --granularity head --method hybrid --max-probes 8 \

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Bootstrap intervals on the real SmolLM2-135M specialists (issue 7 on a real model): are the top units'
+# Bootstrap intervals on the real specialists (SmolLM2-135M by default, MODEL=gemma3-270m) (issue 7 on a real model): are the top units'
 # rankings separated by their probe-resampling intervals, or ties? Needs the eval/real pipeline's finetune
 # stage:  OMP_NUM_THREADS=1 python -m eval.real.pipeline --model smollm2 --stages finetune
 # Run from the repository root:  bash eval/real_bootstrap.sh    Outputs: results/real-analysis/bootstrap*
@@ -8,8 +8,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" HF_HUB_OFFLINE=1
-R=${MECHMERGE_CACHE:-$HOME/.cache/mechmerge}/real/smollm2
-O=results/real-analysis
+# MODEL=gemma3-270m runs the same on the Gemma specialists (outputs: results/real-analysis-gemma3-270m/)
+MODEL=${MODEL:-smollm2}
+R=${MECHMERGE_CACHE:-$HOME/.cache/mechmerge}/real/$MODEL
+O=results/real-analysis$([ "$MODEL" = smollm2 ] || echo "-$MODEL")
 mkdir -p $O
 pairs() { for e in "$@"; do echo --expert $e=$R/experts/$e --probes $e=$R/data/$e/score.jsonl; done; }
 s=$SECONDS
