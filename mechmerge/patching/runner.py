@@ -63,7 +63,8 @@ class LayerRunner:
         self.softcap = getattr(model.config, "final_logit_softcapping", None)
         self.num_layers = len(self.blocks)
         self.hidden_size = int(model.config.get_text_config().hidden_size)
-        # (device, dtype) -> [chunk, vocab] buffer reused by every no-grad tail pass; see _tail_buffer
+        # (device, dtype, slot) -> [chunk, vocab] buffer reused by every no-grad tail pass; slots: logits,
+        # log-softmax, float32 copy of low-precision logits. See _tail_buffer.
         self._tail_buffers: Dict[Tuple[torch.device, torch.dtype, int], torch.Tensor] = {}
 
     # -- full pass --------------------------------------------------------------------
