@@ -65,3 +65,23 @@ def test_tail_buffers_give_the_grad_path_numbers(family_base, probes_file):
             assert torch.equal(lp, ref_lp.detach()), f"{fam}: buffered tail differs"
             assert torch.equal(hit, ref_hit)
     assert runner._tail_buffers, "the no-grad path did not use its buffers"
+
+
+def test_tail_buffers_in_bfloat16(tmp_path, probes_file):
+    """Low-precision logits go through a third buffer (the float32 copy): same numbers too."""
+    from helpers import make_model
+
+    base = make_model("llama", tmp_path / "base", tie=True)
+    ck = Checkpoint.open(str(base))
+    model = load_model(ck, torch.device("cpu"), torch.bfloat16)
+    tok = load_tokenizer([ck])
+    runner = LayerRunner(model, ck.family)
+    for b in make_batches(tokenize_all(load_probes(probes_file), tok, None), 3, pad_id_of(tok)):
+        with torch.no_grad():
+            final = runner.trace(b, keep_inputs=False).inputs[-1]
+            lp, hit = runner.response_scores(final, b)
+        with torch.enable_grad():
+            ref_lp, ref_hit = runner.response_scores(final, b)
+        assert lp.dtype == torch.float32
+        assert torch.equal(lp, ref_lp.detach()) and torch.equal(hit, ref_hit)
+    assert any(k[1] == torch.float32 and k[2] == 2 for k in runner._tail_buffers)
