@@ -63,6 +63,7 @@ class LayerRunner:
         self.softcap = getattr(model.config, "final_logit_softcapping", None)
         self.num_layers = len(self.blocks)
         self.hidden_size = int(model.config.get_text_config().hidden_size)
+        self.logit_chunk = max(1, LOGIT_CHUNK_ELEMENTS // self.lm_head.weight.shape[0])  # rows per tail chunk
         # (device, dtype, slot) -> [chunk, vocab] buffer reused by every no-grad tail pass; slots: logits,
         # log-softmax, float32 copy of low-precision logits. See _tail_buffer.
         self._tail_buffers: Dict[Tuple[torch.device, torch.dtype, int], torch.Tensor] = {}
@@ -179,8 +180,7 @@ class LayerRunner:
         dev = final_input.device  # the last block's device when a device_map spreads the model
         h = final_input[batch.rows.to(dev), batch.positions.to(dev)]
         targets = batch.targets.to(dev)
-        vocab = self.lm_head.weight.shape[0]
-        chunk = max(1, LOGIT_CHUNK_ELEMENTS // vocab)
+        chunk = self.logit_chunk
         reuse = not torch.is_grad_enabled() and type(self.lm_head) is torch.nn.Linear
         lps, hits = [], []
         for s in range(0, h.shape[0], chunk):
@@ -192,10 +192,8 @@ class LayerRunner:
                     logits.div_(self.softcap).tanh_().mul_(self.softcap)
                 else:
                     logits = torch.tanh(logits / self.softcap) * self.softcap
-            if reuse:
-                lp = torch.log_softmax(logits, dim=-1, out=self._tail_buffer(logits.shape[0], logits, 1))
-            else:
-                lp = torch.log_softmax(logits, dim=-1)
+            out = self._tail_buffer(logits.shape[0], logits, 1) if reuse else None
+            lp = torch.log_softmax(logits, dim=-1, out=out)
             lps.append(lp.gather(1, tgt).squeeze(1))
             hits.append(logits.argmax(-1) == tgt.squeeze(1))
         if not lps:
@@ -214,9 +212,8 @@ class LayerRunner:
         dtype = dtype or like.dtype
         key = (like.device, dtype, slot)
         buf = self._tail_buffers.get(key)
-        chunk = max(1, LOGIT_CHUNK_ELEMENTS // self.lm_head.weight.shape[0])
         if buf is None:
-            buf = torch.empty(chunk, self.lm_head.weight.shape[0], device=like.device, dtype=dtype)
+            buf = torch.empty(self.logit_chunk, self.lm_head.weight.shape[0], device=like.device, dtype=dtype)
             self._tail_buffers[key] = buf
         return buf[:rows]
 
