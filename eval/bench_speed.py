@@ -30,12 +30,29 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable, Dict, Sequence
 
 HERE = Path(__file__).resolve().parent
 
 
 def rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def proc_status_mb(keys: Sequence[str]) -> Dict[str, int]:
+    """The given /proc/self/status fields (VmRSS, VmHWM, RssAnon, ...) in MB, in the file's order."""
+    with open("/proc/self/status") as f:
+        fields = (line.split(":", 1) for line in f)
+        return {k: int(v.split()[0]) // 1024 for k, v in fields if k in keys}
+
+
+def add_model_args(ap: argparse.ArgumentParser) -> None:
+    """The base, expert and probes every measurement here runs on."""
+    ap.add_argument("--base", required=True)
+    ap.add_argument("--expert", required=True)
+    ap.add_argument("--probes", required=True)
+    ap.add_argument("--max-probes", type=int, default=8)
+    ap.add_argument("--batch-size", type=int, default=8)
 
 
 def naive(args) -> dict:
@@ -90,27 +107,39 @@ def naive(args) -> dict:
             "model_mb": sum(p.numel() * p.element_size() for p in mb.parameters()) / 2 ** 20}
 
 
-def floor(args) -> dict:
-    """Load as scoring does and run one unpatched pass: the memory of model + activations."""
+def unpatched_steps(args, mark: Callable[..., None] = lambda label, runner, detail="": None):
+    """What exact scoring does and holds before its first patch: mechmerge's setup (base,
+    tokenizer, probes), the baseline pass, every batch's trace (the input of every block) and
+    one replay of the whole model from it through the lm_head. `mark(label, runner, detail)`
+    is called after each step (eval/mem_steps.py prints the memory there). Returns the setup."""
+    import torch
+
     from mechmerge.patching import engine
     from mechmerge.patching.score import ScoreOptions, prepare
 
-    r0 = rss_mb()
-    t0 = time.perf_counter()
     setup = prepare(ScoreOptions(base=args.base, experts={"x": args.expert}, probes={"x": args.probes}, out="",
                                  method="exact", max_probes=args.max_probes, batch_size=args.batch_size,
                                  progress=False))
     runner, batches = setup.runner, setup.batches["x"]
+    mark("loaded", runner)
     engine.measure_baseline(runner, batches)
-    # what exact scoring holds while it patches, without patching: every batch's trace (the
-    # input of every block) and one replay of the whole model from it through the lm_head.
+    mark("baseline", runner)
     # (measure_baseline alone no longer keeps the block inputs since commit fe69e67.)
-    import torch
-
     with torch.no_grad():
         traces = [runner.trace(b) for b in batches]
+        mark("traces", runner, f"(block inputs: {sum(t.nbytes() for t in traces) / 2 ** 20:.0f} MB)")
         final, _ = runner.run_from(traces[0], 0)
+        mark("replay", runner)
         runner.response_logprobs(final, traces[0].batch)
+        mark("tail", runner)
+    return setup
+
+
+def floor(args) -> dict:
+    """Load as scoring does and run the unpatched passes: the memory of model + activations."""
+    r0 = rss_mb()
+    t0 = time.perf_counter()
+    setup = unpatched_steps(args)
     return {"seconds": time.perf_counter() - t0, "peak_rss_mb": rss_mb(), "rss_before_mb": r0,
             "model_mb": setup.base.nbytes() / 2 ** 20}
 
@@ -175,9 +204,7 @@ def sample_rss() -> list:
 
     def run() -> None:
         while True:
-            with open("/proc/self/status") as f:
-                kb = next((int(line.split()[1]) for line in f if line.startswith("VmRSS:")), 0)
-            samples.append([round(time.perf_counter() - t0, 1), round(kb / 1024)])
+            samples.append([round(time.perf_counter() - t0, 1), proc_status_mb(("VmRSS",))["VmRSS"]])
             time.sleep(RSS_SAMPLE_S)
 
     if Path("/proc/self/status").exists():
@@ -234,11 +261,7 @@ def time_merge(args) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--base", required=True)
-    ap.add_argument("--expert", required=True)
-    ap.add_argument("--probes", required=True)
-    ap.add_argument("--max-probes", type=int, default=8)
-    ap.add_argument("--batch-size", type=int, default=8)
+    add_model_args(ap)
     ap.add_argument("--out", default="results/bench")
     ap.add_argument("--methods", default="floor,naive,exact,attribution,hybrid")
     ap.add_argument("--merge-repeats", type=int, default=7)
