@@ -9,6 +9,11 @@ Protocol (fixed, the same for every method):
     chosen (the first on ties), then evaluated once on the test split;
   * every merge is computed by mergekit's engine from the recipe mechmerge writes;
     seeds are fixed; results are cached per candidate, so a killed run resumes.
+
+The cache's keys name only the combination, method and candidate, so the cache also
+records the protocol it was computed under (models, probe files, scores, settings;
+`protocol_of`); a run whose protocol differs refuses the cache instead of mixing
+numbers from two protocols in one table.
 """
 
 from __future__ import annotations
@@ -23,12 +28,14 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
+from .. import __version__
 from ..errors import UserError
 from ..io import atomic_write_text, dumps
 from ..merge import engine as mk
 from ..models.checkpoint import Checkpoint
 from ..models.load import load_model, load_tokenizer, overwrite_params, params_by_name, resolve_device, resolve_dtype
 from ..options import Options, opt
+from ..probes import file_sha256
 from ..recipe import strategies
 from ..recipe.build import RecipeOptions, make_recipe
 from ..recipe.defaults import DEFAULT
@@ -120,9 +127,19 @@ class Harness:
             self.cache[key] = {"score": score, "params": [t["params"] for t in table[: self.opts.candidates]]}
             self._save_cache()
         c = self.cache[key]
-        return [Candidate(",".join(f"{k}={v}" for k, v in p.items()), lambda p=p: self._recipe(
+        return [Candidate(self._label(name, p), lambda p=p: self._recipe(
             combo, strategy=name, score=c["score"], param={k: str(v) for k, v in p.items()}, calibrate=False))
             for p in c["params"]]
+
+    @staticmethod
+    def _label(name: str, params: Dict[str, Any]) -> str:
+        """A candidate's cache label, in calibration's key order (fixed parameters, then the
+        grid's): the cache file stores dicts with sorted keys, so the order must not come from
+        the dict, or a resumed run would miss every guided candidate."""
+        fixed = list(DEFAULT.params) if name == DEFAULT.strategy else []
+        order = {k: i for i, k in enumerate(dict.fromkeys(fixed + list(strategies.get(name).grid)))}
+        keys = sorted(params, key=lambda k: (order.get(k, len(order)), k))
+        return ",".join(f"{k}={params[k]}" for k in keys)
 
     # -- evaluation -----------------------------------------------------------------
     def _load(self, cfg: Dict[str, Any]) -> None:
@@ -232,9 +249,52 @@ def build_harness(opts: CompareOptions) -> Harness:
     model = load_model(base, dev, resolve_dtype("auto", dev))
     dev_ev.set_quartiles(model, base.family)
     test_ev.set_quartiles(model, base.family)
-    cache_file = out / "cache.json"
-    cache = json.loads(cache_file.read_text()) if cache_file.exists() else {}
+    cache = load_cache(out / "cache.json", protocol_of(suite, opts, scores_path))
     return Harness(opts, suite, scores, out, dev_ev, test_ev, model, base.family, cache)
+
+
+PROTOCOL = "__protocol__"  # the cache entry that records what the cached numbers depend on
+
+
+def protocol_of(suite: Suite, opts: CompareOptions, scores_path: Path) -> Dict[str, Any]:
+    """Everything a cached number depends on, readable so a mismatch can be named.
+
+    Models are identified by their weight files' names, sizes and modification times
+    (hashing gigabytes on every run would cost more than it protects), probe files and
+    scores by content. Batch size and device are left out: they decide speed, not the
+    protocol. Suite name and paths are left out too, so a cache moves with its files.
+    """
+    def model(path: str) -> List[List[Any]]:
+        return [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in sorted(Path(path).glob("*.safetensors"))]
+
+    files = {f"{kind}:{split}:{task}": file_sha256(f) for kind, d in
+             (("split", suite.splits), ("retention", suite.retention), ("quality", suite.quality))
+             for split, m in d.items() if split != "score" for task, f in sorted(m.items())}
+    return {"mechmerge": __version__, "base": model(suite.base),
+            "experts": {n: model(p) for n, p in sorted(suite.experts.items())}, "probes": files,
+            "scores": file_sha256(scores_path), "metrics": dict(sorted(suite.metrics.items())),
+            "max_new_tokens": suite.max_new_tokens, "candidates": opts.candidates, "seed": opts.seed,
+            "max_dev_probes": opts.max_dev_probes, "max_test_probes": opts.max_test_probes}
+
+
+def load_cache(path: Path, protocol: Dict[str, Any]) -> Dict[str, Any]:
+    if not path.exists():
+        return {PROTOCOL: protocol}
+    try:
+        cache = json.loads(path.read_text())
+    except json.JSONDecodeError as e:  # written atomically, so only a hand edit gets here
+        raise UserError(f"{path}: not valid JSON ({e}); delete it to start the comparison over") from None
+    old = cache.get(PROTOCOL)
+    if old is None:
+        print(f"note: {path} records no protocol (written before the cache kept one); its results are "
+              "taken to match this run's settings, which are recorded in it from now on", file=sys.stderr)
+        cache[PROTOCOL] = protocol
+        atomic_write_text(path, json.dumps(cache, indent=0, sort_keys=True))
+    elif old != protocol:
+        diff = sorted(k for k in set(old) | set(protocol) if old.get(k) != protocol.get(k))
+        raise UserError(f"{path} was computed under another protocol (differs in: {', '.join(diff)}); "
+                        f"use another --out, or delete {path.name} to start over")
+    return cache
 
 
 def compare(opts: CompareOptions) -> Dict[str, Any]:
