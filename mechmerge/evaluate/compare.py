@@ -30,12 +30,11 @@ import torch
 
 from .. import __version__
 from ..errors import UserError
-from ..io import atomic_write_text, dumps
+from ..io import atomic_write_text, dumps, file_sha256
 from ..merge import engine as mk
 from ..models.checkpoint import Checkpoint
 from ..models.load import load_model, load_tokenizer, overwrite_params, params_by_name, resolve_device, resolve_dtype
 from ..options import Options, opt
-from ..probes import file_sha256
 from ..recipe import strategies
 from ..recipe.build import RecipeOptions, make_recipe
 from ..recipe.defaults import DEFAULT

@@ -19,7 +19,6 @@ template missing from the file, extra end-of-turn tokens) comes from `ARCHITECTU
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import json
 import tempfile
@@ -33,7 +32,7 @@ import torch
 
 from .. import __version__
 from ..errors import UserError
-from ..io import atomic_dir, atomic_write_text, check_output, dumps
+from ..io import atomic_dir, atomic_write_text, check_output, dumps, file_sha256
 from ..options import Options, opt
 from .checkpoint import Checkpoint, env_offline
 from .families import family_for
@@ -295,14 +294,6 @@ def check_mergekit(out: Path) -> Dict[str, Any]:
                 raise RuntimeError(f"mergekit linear self-merge changed tensor {name!r}")
         n = len(src.tensors)
     return {"tensors_equal": n}
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def import_gguf(opts: ImportGGUFOptions, log=print) -> Dict[str, Any]:

@@ -18,13 +18,13 @@ import torch
 
 from .. import __version__
 from ..errors import UserError
-from ..io import atomic_write_text, check_output, dumps
+from ..io import atomic_write_text, check_output, dumps, file_sha256
 from ..models.checkpoint import Checkpoint, check_compatible
 from ..models.load import load_model, load_tokenizer, param_order, params_by_name, resolve_device, resolve_dtype
 from ..models.memory import release_memory
 from ..models.units import Unit, discover_units
 from ..options import Options, opt
-from ..probes import file_sha256, load_probes, make_batches, pad_id_of, tokenize_all
+from ..probes import load_probes, make_batches, pad_id_of, tokenize_all
 from ..scores import FORMAT, VERSION
 from . import distributed as dist
 from . import engine

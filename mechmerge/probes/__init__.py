@@ -13,7 +13,6 @@ template's end-of-turn marker, because stopping is part of the behavior.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,10 +39,6 @@ class Tokenized:
     @property
     def prompt_ids(self) -> List[int]:
         return self.ids[: self.response_start]
-
-
-def file_sha256(path: str | Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def load_probes(path: str | Path, limit: Optional[int] = None) -> List[Probe]:

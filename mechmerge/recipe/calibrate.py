@@ -27,7 +27,8 @@ from ..merge import engine as mk
 from ..models.checkpoint import Checkpoint
 from ..models.load import load_model, load_tokenizer, overwrite_params, params_by_name, resolve_device, resolve_dtype
 from ..patching.runner import LayerRunner
-from ..probes import file_sha256, load_probes, make_batches, pad_id_of, tokenize_all
+from ..io import file_sha256
+from ..probes import load_probes, make_batches, pad_id_of, tokenize_all
 
 
 class ProbeScorer:

@@ -41,6 +41,11 @@ from ..artifacts import experts, probes_file, publish_dir, write_json
 from ..runner import Context, manifest_of, stage
 
 
+# The default strategy and the conflict-aware one (issue 7 asks for it in the harness); the
+# controls (random and magnitude unit choices) are always run with the default strategy.
+STRATEGIES = f"{DEFAULT.strategy},conflict"
+
+
 def write_suite(ctx: Context, path: Path, max_new: int) -> Dict[str, Any]:
     specialists = experts(ctx)
     # absolute: a suite file resolves relative paths against its own folder
@@ -59,10 +64,12 @@ def write_suite(ctx: Context, path: Path, max_new: int) -> Dict[str, Any]:
 
 def counts(k: int, candidates: int, guided: List[str]) -> Dict[str, int]:
     """Work for one k-expert combination under the harness's protocol (compare.py)."""
-    grid = len(list(itertools.product(*strategies.get(DEFAULT.strategy).grid.values())))
+    def grid(name: str) -> int:
+        return len(list(itertools.product(*strategies.get(name).grid.values())))
+
     n_guided = len(guided) + 2  # + the random and magnitude controls, both the default strategy
     tuned = 3 + n_guided  # task_arithmetic, ties, dare_ties + guided
-    return {"calibration_merges": n_guided * grid, "dev_evals": 1 + tuned * min(candidates, len(TA_GRID)),
+    return {"calibration_merges": sum(grid(g) for g in guided) + 2 * grid(DEFAULT.strategy), "dev_evals": 1 + tuned * min(candidates, len(TA_GRID)),
             "test_evals": 1 + tuned, "reference_evals": k + 1}
 
 
@@ -131,7 +138,7 @@ def compare_stage(ctx: Context, out: Path) -> Dict[str, Any]:
     opts = CompareOptions(
         suite=str(work / "suite.json"), out=str(run_dir), sizes=ctx.param("compare.sizes", "2,3"),
         candidates=ctx.param("compare.candidates", 3),
-        strategies_=tuple(s for s in ctx.param("compare.strategies", DEFAULT.strategy).split(",") if s),
+        strategies_=tuple(s for s in ctx.param("compare.strategies", STRATEGIES).split(",") if s),
         score_method="hybrid", seed=ctx.param("compare.seed", 0), batch_size=ctx.param("compare.batch_size", 64),
         max_dev_probes=ctx.param("compare.max_dev_probes", 16) or None,
         max_test_probes=ctx.param("compare.max_test_probes", 32) or None, device="cpu",
