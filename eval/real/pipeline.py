@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 from pathlib import Path
@@ -39,7 +40,7 @@ def pick_threads(arg: str) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from . import stages  # noqa: F401  (registers the stages)
+    importlib.import_module(f"{__package__}.stages")  # registers the stages
 
     ap = argparse.ArgumentParser(prog="python -m eval.real.pipeline",
                                  description="Real-model pipeline: cached, resumable stages.")

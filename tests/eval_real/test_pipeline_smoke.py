@@ -6,6 +6,7 @@ plus mechmerge recipe -> merge -> eval on what they produce. No real model, no d
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 from pathlib import Path
@@ -47,7 +48,7 @@ def tiny_smollm2(path: Path) -> Path:
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory):
     """(ctx, logs, manifests) after running every stage once."""
-    from eval.real import stages  # noqa: F401  (registers the stages)
+    importlib.import_module("eval.real.stages")  # registers the stages
     from eval.real.generate import Generation
     from eval.real.stages import data
 
