@@ -120,7 +120,7 @@ def estimate(ctx: Context, suite: Dict[str, Any], scores_path: Path, opts: Compa
 
 @stage("compare", artifact="compare", requires=("finetune", "score"))
 def compare_stage(ctx: Context, out: Path) -> Dict[str, Any]:
-    """mechmerge's comparison harness (guided mix vs tuned uniform merges, random/magnitude controls)."""
+    """mechmerge's comparison harness (guided mix and conflict vs tuned uniform merges, random/magnitude controls)."""
     work = ctx.work("compare")
     run_dir = work / "run"
     scores_src = ctx.artifact("score") / "scores.json"
