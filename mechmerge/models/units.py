@@ -89,6 +89,24 @@ def discover_units(
     return units
 
 
+def head_groups(config: dict) -> Tuple[int, int, int]:
+    """(query heads, k/v heads, query heads per head unit) of a config."""
+    n_heads = int(config.get("num_attention_heads") or config.get("n_head"))
+    n_kv = int(config.get("num_key_value_heads") or n_heads)
+    return n_heads, n_kv, n_heads // n_kv
+
+
+def head_note(config: dict) -> str:
+    """What a head unit is for this model, for the user: with grouped-query attention it is
+    not one head, and with a single k/v head it is the whole attention block."""
+    n_heads, n_kv, per = head_groups(config)
+    if per == 1:
+        return f"head granularity: {n_heads} heads, each its own unit"
+    what = "the whole attention of its layer" if n_kv == 1 else f"a group of {per} query heads"
+    return (f"head granularity: {n_heads} query heads share {n_kv} k/v head{'s' if n_kv > 1 else ''} "
+            f"(grouped-query attention), so each head unit is {what}, scored together")
+
+
 def _head_units(unit: Unit, family: Family, config: dict, params: set) -> List[Unit]:
     """Split the attention projections of one block into per-group head units.
 
@@ -106,11 +124,9 @@ def _head_units(unit: Unit, family: Family, config: dict, params: set) -> List[U
             return [Unit(unit.name, unit.layer, unit.kind, unit.category, bias)] if bias else []
         owned = {att.get(k) for k in ("q", "k", "v", "qkv")}
         return [] if unit.kind in owned else [unit]
-    n_heads = int(config.get("num_attention_heads") or config.get("n_head"))
-    n_kv = int(config.get("num_key_value_heads") or n_heads)
+    n_heads, n_kv, per_group = head_groups(config)
     hidden = int(config.get("hidden_size") or config.get("n_embd"))
     head_dim = int(config.get("head_dim") or hidden // n_heads)
-    per_group = n_heads // n_kv
     block = unit.name[: -len(unit.kind) - 1]
     q_w, kv_w = n_heads * head_dim, n_kv * head_dim
     # GPT-2's Conv1D stores weights transposed: [in, out].

@@ -36,3 +36,29 @@ def test_patching_every_head_unit_recovers_the_expert(planted, probes_file, tmp_
     with setup.swapper.patched(setup.units, setup.experts["x"]):
         allin = engine.measure_baseline(setup.runner, setup.batches["x"])
     assert abs((allin.m - b.m) / (e.m - b.m) - 1.0) < 1e-9
+
+
+def test_head_note_says_what_a_unit_is():
+    from mechmerge.models.units import head_groups, head_note
+
+    assert head_groups({"num_attention_heads": 9, "num_key_value_heads": 3}) == (9, 3, 3)
+    assert "each its own unit" in head_note({"n_head": 4})  # GPT-2: no grouping
+    assert "a group of 3 query heads" in head_note({"num_attention_heads": 9, "num_key_value_heads": 3})
+    # Gemma-3-270M: 4 query heads, 1 k/v head: a "head" unit is the layer's whole attention
+    assert "whole attention" in head_note({"num_attention_heads": 4, "num_key_value_heads": 1})
+
+
+def test_head_scores_record_the_grouping(scored_pair, tmp_path, capsys):
+    import json
+
+    from mechmerge.patching.score import ScoreOptions, score
+
+    d, _ = scored_pair
+    out = tmp_path / "h.json"
+    score(ScoreOptions(base=str(d / "base"), experts={"a": str(d / "a")}, probes={"a": str(d / "a.jsonl")},
+                       out=str(out), granularity="head", method="attribution", progress=False))
+    cfg = json.loads((d / "base" / "config.json").read_text())
+    heads = json.loads(out.read_text())["heads"]
+    assert heads["query_heads"] == cfg["num_attention_heads"]
+    assert heads["kv_heads"] == cfg.get("num_key_value_heads", cfg["num_attention_heads"])
+    assert heads["note"] in capsys.readouterr().err
