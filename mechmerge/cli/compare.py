@@ -13,4 +13,8 @@ def compare(**kwargs):
     from ..evaluate.report import markdown
 
     data = run(CompareOptions.from_cli(**kwargs))
-    click.echo(markdown(data))
+    if "shard" in data:  # a shard only fills the cache
+        click.echo(f"shard {data['shard']}: {len(data['combinations'])} combinations cached "
+                   f"({', '.join(data['combinations']) or 'none'}); run without --shard to write the results")
+    else:
+        click.echo(markdown(data))

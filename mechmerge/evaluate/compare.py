@@ -10,16 +10,13 @@ Protocol (fixed, the same for every method):
   * every merge is computed by mergekit's engine from the recipe mechmerge writes;
     seeds are fixed; results are cached per candidate, so a killed run resumes.
 
-The cache's keys name only the combination, method and candidate, so the cache also
-records the protocol it was computed under (models, probe files, scores, settings;
-`protocol_of`); a run whose protocol differs refuses the cache instead of mixing
-numbers from two protocols in one table.
+The cache and the protocol it records are in cache.py.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
-import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,9 +25,8 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
-from .. import __version__
 from ..errors import UserError
-from ..io import atomic_write_text, dumps, file_sha256
+from ..io import atomic_write_text, dumps
 from ..merge import engine as mk
 from ..models.checkpoint import Checkpoint
 from ..models.load import load_model, load_tokenizer, overwrite_params, params_by_name, resolve_device, resolve_dtype
@@ -38,6 +34,7 @@ from ..options import Options, opt
 from ..recipe import strategies
 from ..recipe.build import RecipeOptions, make_recipe
 from ..recipe.defaults import DEFAULT
+from .cache import load_cache, protocol_of, save_cache
 from .run import Evaluator
 from .suite import Suite
 
@@ -58,6 +55,20 @@ class CompareOptions(Options):
     max_test_probes: Optional[int] = field(default=None, metadata=opt("Use only the first N test probes per task."))
     device: str = field(default="auto", metadata=opt("auto, cpu or cuda."))
     progress: bool = field(default=True, metadata=opt("Progress output."))
+    workers: int = field(default=1, metadata=opt(
+        "Processes that share the combinations (and the cores: torch threads are split among them); "
+        "the results are written once all are done."))
+    shard: str = field(default="", metadata=opt(
+        "I/N: compute only every N-th combination starting at the I-th, into OUT's shared cache, and write "
+        "no results (run several over one folder, then once without --shard to write them)."))
+
+    def validate(self) -> None:
+        if self.workers < 1:
+            raise UserError(f"--workers {self.workers}: expected 1 or more")
+        if self.shard:
+            shard_of(self.shard)
+        if self.shard and self.workers > 1:
+            raise UserError("--shard and --workers together: --workers starts its own shards")
 
 
 # Baseline grids: `candidates` entries are taken in order (the grids are ordered so the
@@ -188,7 +199,7 @@ class Harness:
         return result
 
     def _save_cache(self) -> None:
-        atomic_write_text(self.out / "cache.json", json.dumps(self.cache, indent=0, sort_keys=True))
+        self.cache = save_cache(self.out / "cache.json", self.cache)
 
 
 def resolve_suite(ref: str) -> Suite:
@@ -215,9 +226,8 @@ def combos(experts: List[str], sizes: str) -> List[Tuple[str, ...]]:
     return out
 
 
-def build_harness(opts: CompareOptions) -> Harness:
-    """Everything the comparison needs, loaded once: suite, scores (computed if missing),
-    dev/test evaluators with quartiles fixed by the base, one model to load merges into."""
+def prepare_scores(opts: CompareOptions) -> Tuple[Suite, Path, Path]:
+    """(suite, output folder, scores file), scoring the suite's experts if OUT has no scores."""
     suite = resolve_suite(opts.suite)
     suite.check()
     out = Path(opts.out)
@@ -231,6 +241,13 @@ def build_harness(opts: CompareOptions) -> Harness:
         score(ScoreOptions(base=suite.base, experts=dict(suite.experts), probes=dict(suite.splits["score"]),
                            out=str(scores_path), method=opts.score_method, device=opts.device,
                            progress=opts.progress))
+    return suite, out, scores_path
+
+
+def build_harness(opts: CompareOptions) -> Harness:
+    """Everything the comparison needs, loaded once: suite, scores (computed if missing),
+    dev/test evaluators with quartiles fixed by the base, one model to load merges into."""
+    suite, out, scores_path = prepare_scores(opts)
     from ..scores import read_scores
 
     scores = read_scores(scores_path)
@@ -252,53 +269,53 @@ def build_harness(opts: CompareOptions) -> Harness:
     return Harness(opts, suite, scores, out, dev_ev, test_ev, model, base.family, cache)
 
 
-PROTOCOL = "__protocol__"  # the cache entry that records what the cached numbers depend on
-
-
-def protocol_of(suite: Suite, opts: CompareOptions, scores_path: Path) -> Dict[str, Any]:
-    """Everything a cached number depends on, readable so a mismatch can be named.
-
-    Models are identified by their weight files' names, sizes and modification times
-    (hashing gigabytes on every run would cost more than it protects), probe files and
-    scores by content. Batch size and device are left out: they decide speed, not the
-    protocol. Suite name and paths are left out too, so a cache moves with its files.
-    """
-    def model(path: str) -> List[List[Any]]:
-        return [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in sorted(Path(path).glob("*.safetensors"))]
-
-    files = {f"{kind}:{split}:{task}": file_sha256(f) for kind, d in
-             (("split", suite.splits), ("retention", suite.retention), ("quality", suite.quality))
-             for split, m in d.items() if split != "score" for task, f in sorted(m.items())}
-    return {"mechmerge": __version__, "base": model(suite.base),
-            "experts": {n: model(p) for n, p in sorted(suite.experts.items())}, "probes": files,
-            "scores": file_sha256(scores_path), "metrics": dict(sorted(suite.metrics.items())),
-            "max_new_tokens": suite.max_new_tokens, "candidates": opts.candidates, "seed": opts.seed,
-            "max_dev_probes": opts.max_dev_probes, "max_test_probes": opts.max_test_probes}
-
-
-def load_cache(path: Path, protocol: Dict[str, Any]) -> Dict[str, Any]:
-    if not path.exists():
-        return {PROTOCOL: protocol}
+def shard_of(spec: str) -> Tuple[int, int]:
     try:
-        cache = json.loads(path.read_text())
-    except json.JSONDecodeError as e:  # written atomically, so only a hand edit gets here
-        raise UserError(f"{path}: not valid JSON ({e}); delete it to start the comparison over") from None
-    old = cache.get(PROTOCOL)
-    if old is None:
-        print(f"note: {path} records no protocol (written before the cache kept one); its results are "
-              "taken to match this run's settings, which are recorded in it from now on", file=sys.stderr)
-        cache[PROTOCOL] = protocol
-        atomic_write_text(path, json.dumps(cache, indent=0, sort_keys=True))
-    elif old != protocol:
-        diff = sorted(k for k in set(old) | set(protocol) if old.get(k) != protocol.get(k))
-        raise UserError(f"{path} was computed under another protocol (differs in: {', '.join(diff)}); "
-                        f"use another --out, or delete {path.name} to start over")
-    return cache
+        i, n = (int(x) for x in spec.split("/"))
+    except ValueError:
+        i = n = 0
+    if not 1 <= i <= n:
+        raise UserError(f"--shard {spec!r}: expected I/N with 1 <= I <= N, e.g. 1/2")
+    return i, n
+
+
+def _worker(opts: CompareOptions, threads: int) -> None:
+    torch.set_num_threads(threads)
+    compare(opts)
+
+
+def run_workers(opts: CompareOptions) -> None:
+    """`opts.workers` shard processes over the same folder; returns when all have finished."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch thread pools
+    threads = max(1, torch.get_num_threads() // opts.workers)
+    procs = [ctx.Process(target=_worker, args=(dataclasses.replace(opts, workers=1, shard=f"{i}/{opts.workers}"),
+                                                threads)) for i in range(1, opts.workers + 1)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+    failed = [i + 1 for i, p in enumerate(procs) if p.exitcode != 0]
+    if failed:
+        raise UserError(f"compare workers {failed} of {opts.workers} failed (their errors are above); "
+                        "finished candidates are cached: run again to resume")
 
 
 def compare(opts: CompareOptions) -> Dict[str, Any]:
+    opts.validate()
+    if opts.workers > 1:
+        prepare_scores(opts)  # once, before the workers read them
+        run_workers(opts)
     h = build_harness(opts)
-    results = {"+".join(c): h.run_combo(c) for c in combos(list(h.suite.experts), opts.sizes)}
+    todo = combos(list(h.suite.experts), opts.sizes)
+    if opts.shard:
+        i, n = shard_of(opts.shard)
+        mine = todo[i - 1::n]
+        for c in mine:
+            h.run_combo(c)
+        return {"shard": opts.shard, "combinations": ["+".join(c) for c in mine]}
+    results = {"+".join(c): h.run_combo(c) for c in todo}
     from .report import summarize, write_report
 
     summary = summarize(results, h.suite, default=f"guided:{DEFAULT.strategy}")

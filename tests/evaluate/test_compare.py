@@ -1,4 +1,5 @@
-"""The comparison harness's cache: a re-run resumes from it, a changed protocol refuses it."""
+"""The comparison harness's cache: a re-run resumes from it, a changed protocol refuses it,
+and shard processes (--workers) fill one cache between them."""
 
 import json
 import os
@@ -6,8 +7,10 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 from mechmerge.errors import UserError
 from mechmerge.evaluate import compare as cmp
+from mechmerge.evaluate.cache import PROTOCOL
 
 
 @pytest.fixture
@@ -34,7 +37,7 @@ def test_rerun_reads_the_cache_and_a_changed_protocol_is_refused(pair_suite, mon
     suite, out = pair_suite
     first = cmp.compare(opts(suite, out))
     cache = json.loads((out / "cache.json").read_text())
-    assert cache[cmp.PROTOCOL]["max_test_probes"] == 4
+    assert cache[PROTOCOL]["max_test_probes"] == 4
     assert any(k.startswith("test|a+b|guided:mix|") for k in cache)
 
     def no_eval(*a, **k):
@@ -62,9 +65,56 @@ def test_cache_without_protocol_is_adopted_and_stamped(pair_suite, capsys):
     first = cmp.compare(opts(suite, out))
     cache_file = out / "cache.json"
     cache = json.loads(cache_file.read_text())
-    del cache[cmp.PROTOCOL]  # as written before the cache kept its protocol
+    del cache[PROTOCOL]  # as written before the cache kept its protocol
     cache_file.write_text(json.dumps(cache))
     again = cmp.compare(opts(suite, out))
     assert "records no protocol" in capsys.readouterr().err
     assert again["summary"] == first["summary"]
-    assert cmp.PROTOCOL in json.loads(cache_file.read_text())
+    assert PROTOCOL in json.loads(cache_file.read_text())
+
+
+@pytest.fixture
+def trio_suite(scored_pair, tmp_path):
+    """Three experts (c is a copy of a under another name, with its scores), so three pairs."""
+    d, scores = scored_pair
+    c = tmp_path / "c"
+    shutil.copytree(d / "a", c)  # mergekit refuses one model twice in a merge
+    files = {"a": str(d / "a.jsonl"), "b": str(d / "b.jsonl"), "c": str(d / "a.jsonl")}
+    suite = tmp_path / "suite3.json"
+    suite.write_text(json.dumps({"name": "trio", "base": str(d / "base"),
+                                 "experts": {"a": str(d / "a"), "b": str(d / "b"), "c": str(c)},
+                                 "splits": {s: files for s in ("score", "dev", "test")}, "max_new_tokens": 6}))
+    data = json.loads(scores.read_text())
+    data["experts"]["c"] = {**data["experts"]["a"], "model": str(c)}
+    return suite, json.dumps(data)
+
+
+def test_workers_fill_one_cache_and_match_a_single_process(trio_suite, tmp_path, monkeypatch):
+    suite, scores = trio_suite
+    runs = {}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the workers get 1 thread each: the same kernels, the same numbers
+    try:
+        for name in ("single", "workers"):
+            out = tmp_path / name
+            out.mkdir()
+            (out / "scores.json").write_text(scores)
+            if name == "workers":
+                # the parent only assembles: every evaluation must come from the workers' shared cache
+                monkeypatch.setattr(cmp.Harness, "_eval", lambda *a, **k: pytest.fail("parent evaluated"))
+            runs[name] = cmp.compare(opts(suite, out, workers=2 if name == "workers" else 1))
+    finally:
+        torch.set_num_threads(threads)
+    assert runs["workers"]["summary"] == runs["single"]["summary"]
+    assert len(runs["single"]["combinations"]) == 3
+    keys = {n: set(json.loads((tmp_path / n / "cache.json").read_text())) for n in runs}
+    assert keys["workers"] == keys["single"]
+
+
+def test_shard_spec_is_checked(pair_suite):
+    suite, out = pair_suite
+    for bad in ("0/2", "3/2", "1", "a/b"):
+        with pytest.raises(UserError, match="--shard"):
+            cmp.compare(opts(suite, out, shard=bad))
+    with pytest.raises(UserError, match="--workers"):
+        cmp.compare(opts(suite, out, shard="1/2", workers=2))

@@ -6,8 +6,10 @@ task), measures what one merge, one calibration candidate, one dev and one test 
 cost, projects the whole protocol from them (logged and kept in estimate.json), then runs
 `mechmerge.evaluate.compare.compare`. The harness keeps its per-candidate cache in
 `.work/compare/run/`, so a killed stage resumes; sizes can be grown later (2, then 2,3)
-and only the new combinations are computed. The hybrid scores of the `score` stage are
-handed to the harness (it would otherwise rescore everything exactly).
+and only the new combinations are computed; `--set compare.workers=N` runs N processes
+over the combinations (with `--threads`, the threads are split among them). The hybrid
+scores of the `score` stage are handed to the harness (it would otherwise rescore
+everything exactly).
 
 Artifact: suite.json, estimate.json, results.{md,json,png}; results.md/png are also copied
 to eval/real/results/<model>/ (`compare.publish`).
@@ -142,7 +144,7 @@ def compare_stage(ctx: Context, out: Path) -> Dict[str, Any]:
         score_method="hybrid", seed=ctx.param("compare.seed", 0), batch_size=ctx.param("compare.batch_size", 64),
         max_dev_probes=ctx.param("compare.max_dev_probes", 16) or None,
         max_test_probes=ctx.param("compare.max_test_probes", 32) or None, device="cpu",
-        progress=ctx.param("compare.progress", True))
+        progress=ctx.param("compare.progress", True), workers=ctx.param("compare.workers", 1))
     est_file = work / f"estimate-{opts.sizes}.json"
     if est_file.is_file():
         est = json.loads(est_file.read_text())

@@ -1,0 +1,79 @@
+"""The comparison harness's cache of per-candidate results, and the protocol it records.
+
+The cache's keys name only the combination, method and candidate, so the cache also
+records the protocol it was computed under (models, probe files, scores, settings;
+`protocol_of`); a run whose protocol differs refuses the cache instead of mixing
+numbers from two protocols in one table. Several processes may fill one cache
+(`--shard`, `--workers`): every save merges under a lock.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import sys
+from pathlib import Path
+from typing import Any, Dict, List
+
+from .. import __version__
+from ..errors import UserError
+from ..io import atomic_write_text, file_sha256
+from .suite import Suite
+
+PROTOCOL = "__protocol__"  # the cache entry that records what the cached numbers depend on
+
+
+def protocol_of(suite: Suite, opts, scores_path: Path) -> Dict[str, Any]:
+    """Everything a cached number depends on, readable so a mismatch can be named.
+
+    Models are identified by their weight files' names, sizes and modification times
+    (hashing gigabytes on every run would cost more than it protects), probe files and
+    scores by content. Batch size and device are left out: they decide speed, not the
+    protocol. Suite name and paths are left out too, so a cache moves with its files.
+    """
+    def model(path: str) -> List[List[Any]]:
+        return [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in sorted(Path(path).glob("*.safetensors"))]
+
+    files = {f"{kind}:{split}:{task}": file_sha256(f) for kind, d in
+             (("split", suite.splits), ("retention", suite.retention), ("quality", suite.quality))
+             for split, m in d.items() if split != "score" for task, f in sorted(m.items())}
+    return {"mechmerge": __version__, "base": model(suite.base),
+            "experts": {n: model(p) for n, p in sorted(suite.experts.items())}, "probes": files,
+            "scores": file_sha256(scores_path), "metrics": dict(sorted(suite.metrics.items())),
+            "max_new_tokens": suite.max_new_tokens, "candidates": opts.candidates, "seed": opts.seed,
+            "max_dev_probes": opts.max_dev_probes, "max_test_probes": opts.max_test_probes}
+
+
+def load_cache(path: Path, protocol: Dict[str, Any]) -> Dict[str, Any]:
+    if not path.exists():
+        return {PROTOCOL: protocol}
+    try:
+        cache = json.loads(path.read_text())
+    except json.JSONDecodeError as e:  # written atomically, so only a hand edit gets here
+        raise UserError(f"{path}: not valid JSON ({e}); delete it to start the comparison over") from None
+    old = cache.get(PROTOCOL)
+    if old is None:
+        print(f"note: {path} records no protocol (written before the cache kept one); its results are "
+              "taken to match this run's settings, which are recorded in it from now on", file=sys.stderr)
+        cache[PROTOCOL] = protocol
+        atomic_write_text(path, json.dumps(cache, indent=0, sort_keys=True))
+    elif old != protocol:
+        diff = sorted(k for k in set(old) | set(protocol) if old.get(k) != protocol.get(k))
+        raise UserError(f"{path} was computed under another protocol (differs in: {', '.join(diff)}); "
+                        f"use another --out, or delete {path.name} to start over")
+    return cache
+
+
+def save_cache(path: Path, cache: Dict[str, Any]) -> Dict[str, Any]:
+    """Write `cache` merged with what other processes on the same folder wrote since it was
+    read (under a lock: read, add this process's entries, replace); returns the merged cache."""
+    with open(path.with_suffix(".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if path.exists():
+            theirs = json.loads(path.read_text())
+            if theirs.get(PROTOCOL, cache[PROTOCOL]) != cache[PROTOCOL]:
+                raise UserError(f"{path} was rewritten under another protocol by another run; "
+                                "give each protocol its own --out")
+            cache = {**theirs, **cache}
+        atomic_write_text(path, json.dumps(cache, indent=0, sort_keys=True))
+    return cache
