@@ -50,19 +50,17 @@ def plot_scores(data: Dict[str, Any], out_dir: Path, keys=KEYS) -> List[Path]:
         fig, axes = plt.subplots(1, len(keys), figsize=(5.5 * len(keys), 0.35 * 14 + 2), squeeze=False)
         for ax, key in zip(axes[0], keys):
             mat, kinds, layers, outside = grid(data, expert, key)
-            full = np.concatenate([mat, np.full((len(kinds), 1), np.nan)], 1)
             lim = np.nanmax(np.abs(np.concatenate([mat.ravel(), list(outside.values())]))) if mat.size else 1.0
             lim = lim if np.isfinite(lim) and lim > 0 else 1.0
-            im = ax.imshow(full, aspect="auto", cmap="RdBu_r", vmin=-lim, vmax=lim, interpolation="nearest")
+            im = ax.imshow(mat, aspect="auto", cmap="RdBu_r", vmin=-lim, vmax=lim, interpolation="nearest")
             ax.set_yticks(range(len(kinds)), kinds, fontsize=7)
             ax.set_xticks(range(0, len(layers), max(1, len(layers) // 10)),
                           [str(layers[i]) for i in range(0, len(layers), max(1, len(layers) // 10))], fontsize=7)
-            ax.set_xlabel("layer")
-            # the units outside the blocks, written in the spare column
-            for i, (name, v) in enumerate(outside.items()):
-                if i < len(kinds):
-                    ax.text(len(layers), i, f"{name.split('.')[-1]} {v:+.2f}" if np.isfinite(v) else name.split(".")[-1],
-                            fontsize=6, va="center", ha="center", rotation=0)
+            # the units outside the blocks (embeddings, final norm, lm_head) under the axis: text in a
+            # spare column overlapped the last layers
+            rest = ", ".join(f"{n.split('.')[-1]} {v:+.2f}" if np.isfinite(v) else f"{n.split('.')[-1]} –"
+                             for n, v in outside.items())
+            ax.set_xlabel("layer" + (f"\noutside the blocks: {rest}" if rest else ""), fontsize=8)
             ax.set_title(f"{key}")
             fig.colorbar(im, ax=ax, fraction=0.04)
         rel = "" if e.get("reliable", True) else " (UNRELIABLE)"
