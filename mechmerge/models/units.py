@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ..errors import unknown
 from .families import Family, category_of
@@ -96,15 +96,18 @@ def head_groups(config: dict) -> Tuple[int, int, int]:
     return n_heads, n_kv, n_heads // n_kv
 
 
-def head_note(config: dict) -> str:
-    """What a head unit is for this model, for the user: with grouped-query attention it is
-    not one head, and with a single k/v head it is the whole attention block."""
+def head_info(config: dict) -> Dict[str, Any]:
+    """What a head unit is for this model, as the scores file records it; `note` says it for
+    the user: with grouped-query attention a unit is not one head, and with a single k/v
+    head it is the whole attention block."""
     n_heads, n_kv, per = head_groups(config)
     if per == 1:
-        return f"head granularity: {n_heads} heads, each its own unit"
-    what = "the whole attention of its layer" if n_kv == 1 else f"a group of {per} query heads"
-    return (f"head granularity: {n_heads} query heads share {n_kv} k/v head{'s' if n_kv > 1 else ''} "
-            f"(grouped-query attention), so each head unit is {what}, scored together")
+        note = f"head granularity: {n_heads} heads, each its own unit"
+    else:
+        what = "the whole attention of its layer" if n_kv == 1 else f"a group of {per} query heads"
+        note = (f"head granularity: {n_heads} query heads share {n_kv} k/v head{'s' if n_kv > 1 else ''} "
+                f"(grouped-query attention), so each head unit is {what}, scored together")
+    return {"query_heads": n_heads, "kv_heads": n_kv, "query_heads_per_unit": per, "note": note}
 
 
 def _head_units(unit: Unit, family: Family, config: dict, params: set) -> List[Unit]:

@@ -22,7 +22,7 @@ from ..io import atomic_write_text, check_output, dumps, file_sha256
 from ..models.checkpoint import Checkpoint, check_compatible
 from ..models.load import load_model, load_tokenizer, param_order, params_by_name, resolve_device, resolve_dtype
 from ..models.memory import release_memory
-from ..models.units import Unit, discover_units, head_groups, head_note
+from ..models.units import Unit, discover_units, head_info
 from ..options import Options, opt
 from ..probes import load_probes, make_batches, pad_id_of, tokenize_all
 from ..scores import FORMAT, VERSION
@@ -167,7 +167,7 @@ def score(opts: ScoreOptions) -> Dict[str, Any]:
         check_output(out, opts.force or opts.resume, "scores file")
     setup = prepare(opts)
     if opts.granularity == "head" and dist.rank() == 0:
-        print(head_note(setup.base.config), file=sys.stderr)
+        print(head_info(setup.base.config)["note"], file=sys.stderr)
     torch.manual_seed(opts.seed)
     suffix = f".rank{dist.rank()}" if dist.world() > 1 else ""
     journal = Journal(Path(f"{out}.journal{suffix}"),
@@ -259,8 +259,7 @@ def assemble(setup: Setup, results: Dict[str, ExpertResult]) -> Dict[str, Any]:
         "granularity": opts.granularity,
         "method": opts.method,
         "directions": opts.phases(),
-        **({"heads": dict(zip(("query_heads", "kv_heads", "query_heads_per_unit"), head_groups(setup.base.config)),
-                          note=head_note(setup.base.config))} if opts.granularity == "head" else {}),
+        **({"heads": head_info(setup.base.config)} if opts.granularity == "head" else {}),
         "options": {k: v for k, v in opts.to_dict().items() if k not in ("out", "resume", "force", "progress", "device", "device_map")},
         "units": units,
         "experts": experts,

@@ -39,9 +39,14 @@ def test_patching_every_head_unit_recovers_the_expert(planted, probes_file, tmp_
 
 
 def test_head_note_says_what_a_unit_is():
-    from mechmerge.models.units import head_groups, head_note
+    from mechmerge.models.units import head_groups, head_info
+
+    def head_note(config):
+        return head_info(config)["note"]
 
     assert head_groups({"num_attention_heads": 9, "num_key_value_heads": 3}) == (9, 3, 3)
+    info = head_info({"num_attention_heads": 9, "num_key_value_heads": 3})
+    assert (info["query_heads"], info["kv_heads"], info["query_heads_per_unit"]) == (9, 3, 3)
     assert "each its own unit" in head_note({"n_head": 4})  # GPT-2: no grouping
     assert "a group of 3 query heads" in head_note({"num_attention_heads": 9, "num_key_value_heads": 3})
     # Gemma-3-270M: 4 query heads, 1 k/v head: a "head" unit is the layer's whole attention
