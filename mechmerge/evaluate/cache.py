@@ -32,7 +32,8 @@ def protocol_of(suite: Suite, opts, scores_path: Path) -> Dict[str, Any]:
     protocol. Suite name and paths are left out too, so a cache moves with its files.
     """
     def model(path: str) -> List[List[Any]]:
-        return [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in sorted(Path(path).glob("*.safetensors"))]
+        stats = [(f.name, f.stat()) for f in sorted(Path(path).glob("*.safetensors"))]
+        return [[name, st.st_size, st.st_mtime_ns] for name, st in stats]
 
     files = {f"{kind}:{split}:{task}": file_sha256(f) for kind, d in
              (("split", suite.splits), ("retention", suite.retention), ("quality", suite.quality))
@@ -56,7 +57,7 @@ def load_cache(path: Path, protocol: Dict[str, Any]) -> Dict[str, Any]:
         print(f"note: {path} records no protocol (written before the cache kept one); its results are "
               "taken to match this run's settings, which are recorded in it from now on", file=sys.stderr)
         cache[PROTOCOL] = protocol
-        atomic_write_text(path, json.dumps(cache, indent=0, sort_keys=True))
+        cache = save_cache(path, cache)
     elif old != protocol:
         diff = sorted(k for k in set(old) | set(protocol) if old.get(k) != protocol.get(k))
         raise UserError(f"{path} was computed under another protocol (differs in: {', '.join(diff)}); "

@@ -71,8 +71,8 @@ def counts(k: int, candidates: int, guided: List[str]) -> Dict[str, int]:
 
     n_guided = len(guided) + 2  # + the random and magnitude controls, both the default strategy
     tuned = 3 + n_guided  # task_arithmetic, ties, dare_ties + guided
-    return {"calibration_merges": sum(grid(g) for g in guided) + 2 * grid(DEFAULT.strategy), "dev_evals": 1 + tuned * min(candidates, len(TA_GRID)),
-            "test_evals": 1 + tuned, "reference_evals": k + 1}
+    return {"calibration_merges": sum(grid(g) for g in guided) + 2 * grid(DEFAULT.strategy),
+            "dev_evals": 1 + tuned * min(candidates, len(TA_GRID)), "test_evals": 1 + tuned, "reference_evals": k + 1}
 
 
 def estimate(ctx: Context, suite: Dict[str, Any], scores_path: Path, opts: CompareOptions) -> Dict[str, Any]:
