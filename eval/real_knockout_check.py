@@ -6,6 +6,10 @@ runner): the expert's mean response log-prob, with one module reverted to the ba
 
 Prints base, expert and reverted log-probs and knockout = (expert - reverted) / (expert - base),
 the number `mechmerge score --max-probes N` gives for that unit.
+
+`--scales 0.8,0.9,1.1` also prints the log-prob of base + s x (expert - base), the whole task
+vector scaled: a specialist that overshoots its own probes (a value above the expert's at some
+s < 1) is one explanation of negative knockouts.
 """
 
 import argparse
@@ -35,6 +39,7 @@ def main() -> None:
     ap.add_argument("--expert", default="uppercase")
     ap.add_argument("--module", required=True, help="unit name, e.g. model.layers.10.mlp.down_proj")
     ap.add_argument("--probes", type=int, default=8, help="first N scoring probes")
+    ap.add_argument("--scales", default="", help="comma-separated task-vector scales to measure too")
     a = ap.parse_args()
     root = os.path.join(os.environ.get("MECHMERGE_CACHE", os.path.expanduser("~/.cache/mechmerge")), "real", a.model)
     tok = AutoTokenizer.from_pretrained(f"{root}/base")
@@ -43,6 +48,15 @@ def main() -> None:
     expert = AutoModelForCausalLM.from_pretrained(f"{root}/experts/{a.expert}", dtype=torch.float32)
     b, e = mean_logprob(base, toks), mean_logprob(expert, toks)
     base_params = dict(base.named_parameters())
+    if a.scales:
+        expert_params = {n: p.detach().clone() for n, p in expert.named_parameters()}
+        for s in (float(x) for x in a.scales.split(",")):
+            for name, p in expert.named_parameters():
+                p.data.copy_(base_params[name].data + s * (expert_params[name] - base_params[name].data))
+            m = mean_logprob(expert, toks)
+            print(f"base + {s:g} x task vector: {m:.4f}  ({(m - b) / (e - b):.3f} of the gap)")
+        for name, p in expert.named_parameters():
+            p.data.copy_(expert_params[name])
     for name, p in expert.named_parameters():
         if name.startswith(a.module + "."):
             p.data.copy_(base_params[name].data)

@@ -27,11 +27,18 @@ def _hms(s: float) -> str:
 
 
 def runtimes(ctx: Context) -> List[str]:
-    lines = ["| stage | runtime (last build) | torch threads | finished |", "|---|---:|---:|---|"]
+    # A stage that resumed after a kill records only its last process's time; the per-item
+    # times its summary keeps (per model, per scoring method) survive the resume where the
+    # item finished before it, so they are shown next to it.
+    lines = ["| stage | runtime (last process) | per item, as recorded | torch threads | finished |",
+             "|---|---:|---|---:|---|"]
     for name in STAGES.names():
         m = manifest_of(ctx.artifact(name))
         if m and name != "report":
-            lines.append(f"| {name} | {_hms(m.get('seconds', 0.0))} | {m.get('threads', '')} | {m.get('finished', '')} |")
+            items = (m.get("summary") or {}).get("seconds")
+            per = ", ".join(f"{k} {_hms(v)}" for k, v in items.items()) if isinstance(items, dict) else ""
+            lines.append(f"| {name} | {_hms(m.get('seconds', 0.0))} | {per} | {m.get('threads', '')} | "
+                         f"{m.get('finished', '')} |")
     return lines
 
 
