@@ -17,7 +17,7 @@ from typing import Sequence
 from mechmerge.errors import UserError
 
 from .models import MODELS
-from .runner import STAGES, Context, cache_root, parse_sets, run, state
+from .runner import STAGES, Context, StageStopped, cache_root, parse_sets, run, state
 
 
 def pick_threads(arg: str) -> int:
@@ -74,6 +74,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         names = STAGES.names() if args.stages == "all" else [s for s in args.stages.split(",") if s]
         redo = [s for s in args.redo.split(",") if s]
         run(ctx, names, redo)
+    except StageStopped as e:
+        print(e, flush=True)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

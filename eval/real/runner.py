@@ -40,6 +40,11 @@ from .models import ModelSpec
 MANIFEST = "stage.json"
 
 
+class StageStopped(UserError):
+    """A stage stopped where it was asked to (an estimate, an interim table): its artifact stays
+    incomplete, and the command line reports the message without calling it an error."""
+
+
 @dataclass(frozen=True)
 class Stage:
     name: str

@@ -61,6 +61,9 @@ class CompareOptions(Options):
     shard: str = field(default="", metadata=opt(
         "I/N: compute only every N-th combination starting at the I-th, into OUT's shared cache, and write "
         "no results (run several over one folder, then once without --shard to write them)."))
+    partial: bool = field(default=False, metadata=opt(
+        "Compute nothing: write results-partial.{md,json,png} over the combinations the cache holds in full "
+        "(the interim table of a long or running comparison; same options as the run)."))
 
     def validate(self) -> None:
         if self.workers < 1:
@@ -69,6 +72,12 @@ class CompareOptions(Options):
             shard_of(self.shard)
         if self.shard and self.workers > 1:
             raise UserError("--shard and --workers together: --workers starts its own shards")
+        if self.partial and (self.shard or self.workers > 1):
+            raise UserError("--partial computes nothing: drop --shard/--workers")
+
+
+class NotCached(Exception):
+    """A --partial run reached work its cache does not hold."""
 
 
 # Baseline grids: `candidates` entries are taken in order (the grids are ordered so the
@@ -91,7 +100,7 @@ class Harness:
     out: Path
     dev: Evaluator
     test: Evaluator
-    model: torch.nn.Module
+    model: Optional[torch.nn.Module]  # None under --partial
     family: Any
     cache: Dict[str, Any] = field(default_factory=dict)
 
@@ -125,8 +134,7 @@ class Harness:
 
     def _guided(self, combo, name: str, score: Optional[str] = None) -> List[Candidate]:
         """The strategy's top-N calibrations on the scoring probes (N = candidates)."""
-        key = f"calib|{'+'.join(combo)}|{name}|{score or 'default'}"
-        if key not in self.cache:
+        def calibrate(score=score) -> Dict[str, Any]:
             score = score or (DEFAULT.score if name == DEFAULT.strategy else "patch_in")
             ro = RecipeOptions(scores=str(self.out / "scores.json"), out="", experts=tuple(combo), strategy=name,
                                score=score, calibrate=True, progress=False, seed=self.opts.seed,
@@ -134,9 +142,9 @@ class Harness:
             r = make_recipe(ro, data=self.scores, write=False)
             table = sorted(r.calibration or [{"params": r.params, "rank_key": (0.0,)}], key=lambda t: t["rank_key"],
                            reverse=True)
-            self.cache[key] = {"score": score, "params": [t["params"] for t in table[: self.opts.candidates]]}
-            self._save_cache()
-        c = self.cache[key]
+            return {"score": score, "params": [t["params"] for t in table[: self.opts.candidates]]}
+
+        c = self._cached(f"calib|{'+'.join(combo)}|{name}|{score or 'default'}", calibrate)
         return [Candidate(self._label(name, p), lambda p=p: self._recipe(
             combo, strategy=name, score=c["score"], param={k: str(v) for k, v in p.items()}, calibrate=False))
             for p in c["params"]]
@@ -165,36 +173,45 @@ class Harness:
         return {t: {"accuracy": r["accuracy"], "logprob": r["logprob"], "n": r["n"], "quartiles": r["quartiles"]}
                 for t, r in res.items()}
 
+    def _cached(self, key: str, compute: Callable[[], Dict[str, Any]]) -> Dict[str, Any]:
+        """The cache's entry for `key`, computed and saved at once if missing (so a kill loses at
+        most the entry in progress); under --partial a missing entry ends the combination."""
+        if key not in self.cache:
+            if self.opts.partial:
+                raise NotCached(key)
+            self.cache[key] = compute()
+            self._save_cache()
+        return self.cache[key]
+
+    def _merged(self, cfg: Callable[[], Dict[str, Any]], ev: Evaluator, tasks: List[str]) -> Dict[str, Any]:
+        self._load(cfg())
+        return self._eval(ev, tasks)
+
+    def _reference(self, path: str, tasks: List[str]) -> Dict[str, Any]:
+        self._load_dir(path)
+        return {"test": self._eval(self.test, tasks)}
+
     def run_combo(self, combo: Tuple[str, ...]) -> Dict[str, Any]:
         tasks = list(combo)
         retention = list(self.suite.retention.get("test", {})) + list(self.suite.quality.get("test", {}))
+        tag = "+".join(combo)
         result: Dict[str, Any] = {}
         for name in ("base", *combo):
-            key = f"ref|{'+'.join(combo)}|{name}"
-            if key not in self.cache:
-                self._load_dir(self.suite.base if name == "base" else self.suite.experts[name])
-                self.cache[key] = {"test": self._eval(self.test, tasks + retention)}
-                self._save_cache()
-            result["base" if name == "base" else f"expert:{name}"] = self.cache[key]
+            path = self.suite.base if name == "base" else self.suite.experts[name]
+            result["base" if name == "base" else f"expert:{name}"] = self._cached(
+                f"ref|{tag}|{name}", lambda path=path: self._reference(path, tasks + retention))
         for method, cands in self.methods(combo).items():
             dev_scores = []
             for c in cands:
-                key = f"dev|{'+'.join(combo)}|{method}|{c.label}"
-                if key not in self.cache:
-                    self._load(c.recipe())
-                    self.cache[key] = self._eval(self.dev, tasks)
-                    self._save_cache()
-                dev_scores.append(np.mean([self.cache[key][t]["accuracy"] for t in tasks]))
+                dev = self._cached(f"dev|{tag}|{method}|{c.label}", lambda c=c: self._merged(c.recipe, self.dev, tasks))
+                dev_scores.append(np.mean([dev[t]["accuracy"] for t in tasks]))
             best = cands[int(np.argmax(dev_scores))]
-            key = f"test|{'+'.join(combo)}|{method}|{best.label}"
-            if key not in self.cache:
-                self._load(best.recipe())
-                self.cache[key] = self._eval(self.test, tasks + retention)
-                self._save_cache()
-            result[method] = {"chosen": best.label, "dev": float(max(dev_scores)), "test": self.cache[key],
+            test = self._cached(f"test|{tag}|{method}|{best.label}",
+                                lambda: self._merged(best.recipe, self.test, tasks + retention))
+            result[method] = {"chosen": best.label, "dev": float(max(dev_scores)), "test": test,
                               "candidates": len(cands)}
-            if self.opts.progress:
-                acc = np.mean([self.cache[key][t]["accuracy"] for t in tasks])
+            if self.opts.progress and not self.opts.partial:
+                acc = np.mean([test[t]["accuracy"] for t in tasks])
                 print(f"  {'+'.join(combo):<22} {method:<20} test {acc:.3f} ({best.label})", file=sys.stderr)
         return result
 
@@ -262,9 +279,11 @@ def build_harness(opts: CompareOptions) -> Harness:
     test_tasks = {**suite.splits["test"], **suite.retention.get("test", {}), **quality}
     test_ev = Evaluator(test_tasks, tok, {t: m for t, m in metrics.items() if t in test_tasks},
                         max_probes=opts.max_test_probes, **mkw)
-    model = load_model(base, dev, resolve_dtype("auto", dev))
-    dev_ev.set_quartiles(model, base.family)
-    test_ev.set_quartiles(model, base.family)
+    model = None
+    if not opts.partial:  # --partial reads every result from the cache
+        model = load_model(base, dev, resolve_dtype("auto", dev))
+        dev_ev.set_quartiles(model, base.family)
+        test_ev.set_quartiles(model, base.family)
     cache = load_cache(out / "cache.json", protocol_of(suite, opts, scores_path))
     return Harness(opts, suite, scores, out, dev_ev, test_ev, model, base.family, cache)
 
@@ -315,7 +334,15 @@ def compare(opts: CompareOptions) -> Dict[str, Any]:
         for c in mine:
             h.run_combo(c)
         return {"shard": opts.shard, "combinations": ["+".join(c) for c in mine]}
-    results = {"+".join(c): h.run_combo(c) for c in todo}
+    results = {}
+    for c in todo:
+        try:
+            results["+".join(c)] = h.run_combo(c)
+        except NotCached:  # only under --partial
+            pass
+    if not results:
+        raise UserError(f"--partial: no combination is complete in {h.out / 'cache.json'} yet "
+                        f"({len(todo)} to run); run without --partial to compute them")
     from .report import summarize, write_report
 
     summary = summarize(results, h.suite, default=f"guided:{DEFAULT.strategy}")
@@ -323,6 +350,11 @@ def compare(opts: CompareOptions) -> Dict[str, Any]:
                                                 "seed": opts.seed, "score_method": opts.score_method,
                                                 "default": DEFAULT.strategy},
             "summary": summary, "combinations": results}
-    atomic_write_text(h.out / "results.json", dumps(data))
-    write_report(data, h.out)
+    stem = "results"
+    if opts.partial:
+        stem = "results-partial"
+        data["partial"] = {"complete": list(results), "missing": ["+".join(c) for c in todo
+                                                                   if "+".join(c) not in results]}
+    atomic_write_text(h.out / f"{stem}.json", dumps(data))
+    write_report(data, h.out, stem)
     return data

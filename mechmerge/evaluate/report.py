@@ -72,6 +72,11 @@ def markdown(data: Dict[str, Any]) -> str:
              f"on the base's general skills" + ("; quality: mean log-probability of the base's own answers" if has_q
                                                else "") + ".", "", head,
              "|---|" + "---:|" * (len(combos) + 2 + has_q)]
+    part = data.get("partial")
+    if part:  # interim results: say so before anything else
+        lines[:0] = [f"**Partial: {len(part['complete'])} of {len(part['complete']) + len(part['missing'])} "
+                     f"combinations complete** (missing: {', '.join(part['missing']) or 'none'}); means and the "
+                     "claim below are over the complete ones only.", ""]
     for m, r in rows.items():
         cells = " | ".join(f"{r['per_combination'][c]:.3f}" for c in combos)
         ret = "–" if r["retention"] is None else f"{r['retention']:.3f}"
@@ -95,11 +100,11 @@ def markdown(data: Dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(data: Dict[str, Any], out: Path) -> None:
+def write_report(data: Dict[str, Any], out: Path, stem: str = "results") -> None:
     from ..io import atomic_write_text
 
-    atomic_write_text(out / "results.md", markdown(data))
-    plot(data, out / "results.png")
+    atomic_write_text(out / f"{stem}.md", markdown(data))
+    plot(data, out / f"{stem}.png")
 
 
 def plot(data: Dict[str, Any], path: Path) -> None:
@@ -128,5 +133,7 @@ def plot(data: Dict[str, Any], path: Path) -> None:
     a2.set_ylabel("test accuracy")
     a2.set_ylim(0, 1)
     a2.legend(fontsize=7, ncol=2)
-    fig.suptitle(f"{data['suite']}: guided (blue) vs uniform baselines (orange)")
+    part = data.get("partial")
+    fig.suptitle(f"{data['suite']}: guided (blue) vs uniform baselines (orange)"
+                 + (f"; partial: {len(combos)} of {len(combos) + len(part['missing'])} combinations" if part else ""))
     save(fig, path)

@@ -119,6 +119,23 @@ def test_every_stage_ran_and_a_rerun_skips(pipeline):
     assert sum("complete, skipped" in line for line in logs) == len(runner.STAGES.names())
 
 
+def test_compare_partial_publishes_the_interim_table(pipeline):
+    from mechmerge.errors import UserError
+
+    ctx, _, _ = pipeline
+    pub = Path(ctx.params["compare.publish"])
+    ctx.params["compare.partial"] = "true"
+    try:
+        with pytest.raises(UserError, match="1 of 1 combinations complete"):
+            runner.run(ctx, ["compare"], redo=["compare"])
+    finally:
+        del ctx.params["compare.partial"]
+    md = (pub / "results-partial.md").read_text()
+    assert md.startswith("**Partial: 1 of 1 combinations complete**") and "guided:mix" in md
+    assert (pub / "results-partial.png").is_file()
+    assert runner.state(ctx, "compare") == "complete"  # a finished stage is left as it was
+
+
 def test_recipe_merge_eval_on_the_specialists(pipeline, tmp_path):
     """The specialists and their scores go through mechmerge's own recipe -> merge -> eval."""
     from mechmerge.evaluate.run import EvalOptions, evaluate

@@ -118,3 +118,33 @@ def test_shard_spec_is_checked(pair_suite):
             cmp.compare(opts(suite, out, shard=bad))
     with pytest.raises(UserError, match="--workers"):
         cmp.compare(opts(suite, out, shard="1/2", workers=2))
+
+
+def test_partial_reports_the_complete_combinations_without_computing(pair_suite, trio_suite, tmp_path, monkeypatch):
+    suite, out = pair_suite
+    full = cmp.compare(opts(suite, out))
+
+    def no_compute(*a, **k):
+        raise AssertionError("--partial computed something")
+
+    trio, scores = trio_suite
+    run = tmp_path / "trio"
+    run.mkdir()
+    (run / "scores.json").write_text(scores)
+    with pytest.raises(UserError, match="no combination is complete"):
+        cmp.compare(opts(trio, run, partial=True))
+    cmp.compare(opts(trio, run, shard="1/3"))  # a+b only, as one worker of a running comparison leaves it
+
+    monkeypatch.setattr(cmp, "load_model", no_compute)
+    monkeypatch.setattr(cmp.Harness, "_eval", no_compute)
+    monkeypatch.setattr(cmp, "make_recipe", no_compute)
+    same = cmp.compare(opts(suite, out, partial=True))
+    assert same["summary"] == full["summary"] and same["partial"]["missing"] == []
+    part = cmp.compare(opts(trio, run, partial=True))
+    assert part["partial"] == {"complete": ["a+b"], "missing": ["a+c", "b+c"]}
+    assert list(part["combinations"]) == ["a+b"]
+    md = (run / "results-partial.md").read_text()
+    assert md.startswith("**Partial: 1 of 3 combinations complete** (missing: a+c, b+c)")
+    assert (run / "results-partial.png").is_file() and not (run / "results.md").exists()
+    with pytest.raises(UserError, match="--partial computes nothing"):
+        cmp.compare(opts(trio, run, partial=True, workers=2))

@@ -7,7 +7,9 @@ cost, projects the whole protocol from them (logged and kept in estimate.json), 
 `mechmerge.evaluate.compare.compare`. The harness keeps its per-candidate cache in
 `.work/compare/run/`, so a killed stage resumes; sizes can be grown later (2, then 2,3)
 and only the new combinations are computed; `--set compare.workers=N` runs N processes
-over the combinations (with `--threads`, the threads are split among them). The hybrid
+over the combinations (with `--threads`, the threads are split among them);
+`--set compare.partial=true` computes nothing and publishes the interim table of the
+combinations finished so far (results-partial.md/png; safe while the stage runs). The hybrid
 scores of the `score` stage are handed to the harness (it would otherwise rescore
 everything exactly).
 
@@ -17,6 +19,7 @@ to eval/real/results/<model>/ (`compare.publish`).
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import shutil
@@ -27,7 +30,6 @@ from typing import Any, Dict, List
 import torch
 
 from mechmerge.evaluate.compare import TA_GRID, CompareOptions, compare
-from mechmerge.errors import UserError
 from mechmerge.evaluate.run import Evaluator
 from mechmerge.merge import engine as mk
 from mechmerge.models.checkpoint import Checkpoint
@@ -40,7 +42,7 @@ from mechmerge.scores import read_scores
 
 from .. import metrics
 from ..artifacts import experts, probes_file, publish_dir, write_json
-from ..runner import Context, manifest_of, stage
+from ..runner import Context, StageStopped, manifest_of, stage
 
 
 # The default strategy and the conflict-aware one (issue 7 asks for it in the harness); the
@@ -155,7 +157,15 @@ def compare_stage(ctx: Context, out: Path) -> Dict[str, Any]:
             f"(one merge {est['measured_s']['merge']:.0f}s, calibration forward {est['measured_s']['calibration_forward']:.0f}s, "
             f"dev eval {est['measured_s']['dev_eval']:.0f}s, test eval {est['measured_s']['test_eval']:.0f}s on a pair)")
     if ctx.param("compare.estimate_only", False):
-        raise UserError(f"compare.estimate_only: stopped after the estimate ({est_file})")
+        raise StageStopped(f"compare.estimate_only: stopped after the estimate ({est_file})")
+    if ctx.param("compare.partial", False):
+        part = compare(dataclasses.replace(opts, partial=True, workers=1))["partial"]
+        dest = publish_dir(ctx, "compare")
+        for f in ("results-partial.md", "results-partial.png"):
+            shutil.copyfile(run_dir / f, dest / f)
+        raise StageStopped(f"compare.partial: {len(part['complete'])} of {len(part['complete']) + len(part['missing'])} "
+                        f"combinations complete, interim table in {dest / 'results-partial.md'}; the stage stays "
+                        "incomplete (run it without compare.partial to finish)")
     t0 = time.perf_counter()
     data = compare(opts)
     seconds = time.perf_counter() - t0

@@ -141,6 +141,11 @@ def report(ctx: Context, out: Path) -> Dict[str, Any]:
                   f"calibration forward ({est['measured_s']['calibration_forward']:.0f}s), one dev "
                   f"({est['measured_s']['dev_eval']:.0f}s) and one test evaluation ({est['measured_s']['test_eval']:.0f}s)"
                   " of a pair.", "", (cmp_dir / "results.md").read_text().strip(), "", "![comparison](results.png)", ""]
+    elif (dest / "results-partial.md").is_file():
+        lines += ["## Merging: guided vs tuned uniform baselines (interim)", "",
+                  f"The `compare` stage has not finished; its interim table (`python -m eval.real.pipeline --model "
+                  f"{model} --stages compare --set compare.partial=true`):", "",
+                  (dest / "results-partial.md").read_text().strip(), "", "![comparison](results-partial.png)", ""]
     else:
         lines += ["## Merging", "", "The `compare` stage has not been run for this model.", ""]
     text = "\n".join(lines) + "\n"
