@@ -100,9 +100,10 @@ class Harness:
     out: Path
     dev: Evaluator
     test: Evaluator
-    model: Optional[torch.nn.Module]  # None under --partial
-    family: Any
+    base: Checkpoint
+    device: torch.device
     cache: Dict[str, Any] = field(default_factory=dict)
+    model: Optional[torch.nn.Module] = None  # loaded by the first entry the cache lacks (_model)
 
     # -- candidates ---------------------------------------------------------------
     def _recipe(self, combo, **kw) -> Dict[str, Any]:
@@ -160,16 +161,26 @@ class Harness:
         return ",".join(f"{k}={params[k]}" for k in keys)
 
     # -- evaluation -----------------------------------------------------------------
+    def _model(self) -> torch.nn.Module:
+        """The one model merges are loaded into, with the evaluators' quartiles fixed by the base,
+        made on first use: a run whose cache holds every entry (--partial, the assembly after
+        --workers, a rerun) loads no model and runs no quartile pass."""
+        if self.model is None:
+            self.model = load_model(self.base, self.device, resolve_dtype("auto", self.device))
+            self.dev.set_quartiles(self.model, self.base.family)
+            self.test.set_quartiles(self.model, self.base.family)
+        return self.model
+
     def _load(self, cfg: Dict[str, Any]) -> None:
-        overwrite_params(params_by_name(self.model), mk.merge_in_memory(cfg, seed=self.opts.seed).items())
+        overwrite_params(params_by_name(self._model()), mk.merge_in_memory(cfg, seed=self.opts.seed).items())
 
     def _load_dir(self, path: str) -> None:
         ck = Checkpoint.open(path)
-        params = params_by_name(self.model)
+        params = params_by_name(self._model())
         overwrite_params(params, ((name, ck.get(name)) for name in ck.tensors if name in params))  # read lazily
 
     def _eval(self, ev: Evaluator, tasks: List[str]) -> Dict[str, Any]:
-        res = ev.run(self.model, self.family, tasks=tasks)
+        res = ev.run(self._model(), self.base.family, tasks=tasks)
         return {t: {"accuracy": r["accuracy"], "logprob": r["logprob"], "n": r["n"], "quartiles": r["quartiles"]}
                 for t, r in res.items()}
 
@@ -262,8 +273,8 @@ def prepare_scores(opts: CompareOptions) -> Tuple[Suite, Path, Path]:
 
 
 def build_harness(opts: CompareOptions) -> Harness:
-    """Everything the comparison needs, loaded once: suite, scores (computed if missing),
-    dev/test evaluators with quartiles fixed by the base, one model to load merges into."""
+    """Everything the comparison needs: suite, scores (computed if missing), dev/test
+    evaluators, the cache; the model merges are loaded into comes when first needed."""
     suite, out, scores_path = prepare_scores(opts)
     from ..scores import read_scores
 
@@ -279,13 +290,8 @@ def build_harness(opts: CompareOptions) -> Harness:
     test_tasks = {**suite.splits["test"], **suite.retention.get("test", {}), **quality}
     test_ev = Evaluator(test_tasks, tok, {t: m for t, m in metrics.items() if t in test_tasks},
                         max_probes=opts.max_test_probes, **mkw)
-    model = None
-    if not opts.partial:  # --partial reads every result from the cache
-        model = load_model(base, dev, resolve_dtype("auto", dev))
-        dev_ev.set_quartiles(model, base.family)
-        test_ev.set_quartiles(model, base.family)
     cache = load_cache(out / "cache.json", protocol_of(suite, opts, scores_path))
-    return Harness(opts, suite, scores, out, dev_ev, test_ev, model, base.family, cache)
+    return Harness(opts, suite, scores, out, dev_ev, test_ev, base, dev, cache)
 
 
 def shard_of(spec: str) -> Tuple[int, int]:

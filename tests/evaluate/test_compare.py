@@ -100,8 +100,10 @@ def test_workers_fill_one_cache_and_match_a_single_process(trio_suite, tmp_path,
             out.mkdir()
             (out / "scores.json").write_text(scores)
             if name == "workers":
-                # the parent only assembles: every evaluation must come from the workers' shared cache
+                # the parent only assembles: every evaluation must come from the workers' shared cache,
+                # so it does not even load a model
                 monkeypatch.setattr(cmp.Harness, "_eval", lambda *a, **k: pytest.fail("parent evaluated"))
+                monkeypatch.setattr(cmp, "load_model", lambda *a, **k: pytest.fail("parent loaded a model"))
             runs[name] = cmp.compare(opts(suite, out, workers=2 if name == "workers" else 1))
     finally:
         torch.set_num_threads(threads)
