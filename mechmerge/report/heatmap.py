@@ -2,7 +2,7 @@
 
 Rows are the module kinds inside a decoder block, in model order (e.g.
 self_attn.q_proj ... mlp.down_proj); columns are blocks. Units outside the blocks
-(embeddings, final norm, lm_head) get a strip of their own on the right. Read it for
+(embeddings, final norm, lm_head) are listed with their values under the layer axis. Read it for
 the hierarchy the Weight Patching paper describes: shallow source-side carriers,
 then aggregation/routing modules, then downstream execution.
 """

@@ -174,8 +174,8 @@ def compare_stage(ctx: Context, out: Path) -> Dict[str, Any]:
         for f in ("results-partial.md", "results-partial.png"):
             shutil.copyfile(run_dir / f, dest / f)
         raise StageStopped(f"compare.partial: {len(part['complete'])} of {len(part['complete']) + len(part['missing'])} "
-                        f"combinations complete, interim table in {dest / 'results-partial.md'}; the stage stays "
-                        "incomplete (run it without compare.partial to finish)")
+                           f"combinations complete, interim table in {dest / 'results-partial.md'}; the stage stays "
+                           "incomplete (run it without compare.partial to finish)")
     t0 = time.perf_counter()
     data = compare(opts)
     seconds = time.perf_counter() - t0
