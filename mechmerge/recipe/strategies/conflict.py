@@ -2,7 +2,7 @@ import numpy as np
 
 from . import strategy
 from ..view import ScoreView
-from .share import shares
+from .share import shares, top_units
 
 
 @strategy("conflict", grid={"k": [4, 8, 16, 32], "background": [0.0, 0.25, 0.5]})
@@ -12,11 +12,7 @@ def conflict(view: ScoreView, *, k: int = 8, background: float = 0.25, scale: fl
     where their task vectors agree on the unit (cosine > `agree`) every claimant keeps it
     at full `scale`; where they disagree the highest-scoring claimant takes it alone."""
     m = view.matrix()
-    n_e, n_u = m.shape
-    top = np.zeros_like(m, dtype=bool)
-    for i in range(n_e):
-        order = np.argsort(-m[i], kind="stable")[: max(0, min(k, n_u))]
-        top[i, order[m[i, order] > 0]] = True
+    top = top_units(m, k)
     w = np.full_like(m, background)
     w[top] = 1.0
     contested = np.flatnonzero(top.sum(0) > 1)

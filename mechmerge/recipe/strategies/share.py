@@ -15,6 +15,16 @@ def shares(view: ScoreView, power: float = 1.0) -> np.ndarray:
     return np.where(total > 0, s / np.where(total > 0, total, 1.0), even)
 
 
+def top_units(m: np.ndarray, k: int) -> np.ndarray:
+    """Boolean mask (experts x units): each expert's k highest-scoring units, ties broken by
+    unit order so recipes are reproducible, keeping only units it scores above 0."""
+    top = np.zeros_like(m, dtype=bool)
+    for i in range(m.shape[0]):
+        order = np.argsort(-m[i], kind="stable")[: max(0, min(k, m.shape[1]))]
+        top[i, order[m[i, order] > 0]] = True
+    return top
+
+
 @strategy("share", grid={"scale": [1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0]})
 def share(view: ScoreView, *, scale: float = 1.0, power: float = 1.0) -> np.ndarray:
     """Each unit's weight split across experts in proportion to their scores.

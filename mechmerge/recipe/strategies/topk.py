@@ -2,7 +2,7 @@ import numpy as np
 
 from . import strategy
 from ..view import ScoreView
-from .share import shares
+from .share import shares, top_units
 
 
 @strategy("topk", grid={"k": [4, 8, 16, 32], "background": [0.0, 0.25, 0.5]})
@@ -11,11 +11,8 @@ def topk(view: ScoreView, *, k: int = 8, background: float = 0.25, scale: float 
     `background * scale`. A unit in several experts' top-k is split between them in
     proportion to their scores (conflict), so the unit's total stays `scale`."""
     m = view.matrix()
-    n_e, n_u = m.shape
-    top = np.zeros_like(m, dtype=bool)
-    for i in range(n_e):
-        order = np.argsort(-m[i], kind="stable")[: max(0, min(k, n_u))]
-        top[i, order[m[i, order] > 0]] = True
+    n_e = m.shape[0]
+    top = top_units(m, k)
     w = np.full_like(m, background)
     claimed = top.sum(0)
     split = shares(view, power)
