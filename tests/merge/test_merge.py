@@ -150,3 +150,17 @@ def test_publish_uploads_through_the_client_and_never_shows_the_token(scored_pai
             assert secret.encode() not in f.read_bytes()
     assert run_cli("publish", str(out), "--repo", "not a repo") == 2
     assert run_cli("publish", str(tmp_path), "--repo", "me/x") == 2
+
+
+def test_merge_output_carries_no_dependency_noise(scored_pair, tmp_path):
+    """mergekit 0.1.5 sets `torch_dtype` on the merged config and transformers 5 warns about it on
+    its own logger, which quieting the root logger does not reach. A fresh process, as a user runs
+    it: under pytest transformers' handler does not write where the user would see it."""
+    d, scores = scored_pair
+    recipe = tmp_path / "r.yaml"
+    assert run_cli("recipe", str(scores), "--out", str(recipe), "--no-progress") == 0
+    exe = Path(sys.executable).with_name("mechmerge")
+    done = subprocess.run([str(exe), "merge", str(recipe), "--out", str(tmp_path / "merged")], capture_output=True,
+                          text=True, check=True)
+    assert "merged model written" in done.stdout + done.stderr
+    assert "torch_dtype" not in done.stdout + done.stderr, done.stderr
