@@ -2,7 +2,7 @@
 # Circuit dynamics, conflict and head-level merging on the real specialists (SmolLM2-135M by default, MODEL=gemma3-270m) (issue 7 on a real
 # model). Needs the eval/real pipeline's finetune and score stages:
 #   OMP_NUM_THREADS=1 python -m eval.real.pipeline --model smollm2 --stages score
-# Run from the repository root:  bash eval/real_analysis.sh     Outputs: results/real-analysis/  (~55 min, 1 CPU thread)
+# Run from the repository root:  bash eval/real_analysis.sh     Outputs: results/real-analysis/  (~56 min, 1 CPU thread)
 # Sections can be run alone, e.g. `bash eval/real_analysis.sh controls` (track conflict heads strategies controls;
 # controls and strategies need heads' modules.json).
 set -euo pipefail

@@ -9,7 +9,7 @@ from ..patching.score import ScoreOptions
 def score(**kwargs):
     """Score every unit of every expert by Weight Patching.
 
-    Writes a scores JSON (see README, "Scores format") with patch_in, knockout and
+    Writes a scores JSON (see README, "Scores file") with patch_in, knockout and
     anchor per unit and expert.
     """
     from ..patching.score import score as run
