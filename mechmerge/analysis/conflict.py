@@ -100,16 +100,16 @@ def conflict(opts: ConflictOptions) -> Dict[str, Any]:
 def table(result: Dict[str, Any]) -> str:
     pairs = result["static"]["pairs"]
     names = list(result["static"]["top"])
-    lines = ["static conflict (overlap x disagreeing share) / causal drop on column when row's top-K is reverted:",
+    lines = ["static conflict (overlap x disagreeing share) / causal drop on column when row's top-K is reverted"
+             + (" (the diagonal: an expert's own top-K)" if "causal" in result else "") + ":",
              f"{'':<14}" + "".join(f"{n:>22}" for n in names)]
     for a in names:
         cells = []
         for b in names:
-            if a == b:
-                cells.append(f"{'—':>22}")
-                continue
-            s = pairs[a][b]["conflict"]
+            # the diagonal has no static conflict, but its causal drop is the yardstick for the row
+            s = f"{'—':>10}" if a == b else f"{pairs[a][b]['conflict']:>10.2f}"
             c = result.get("causal", {}).get(a, {}).get(b, {}).get("drop")
-            cells.append(f"{s:>10.2f} / " + (f"{c:>8.3f}" if c is not None else f"{'':>8}"))
+            cells.append(f"{s} / " + (f"{c:>8.3f}" if c is not None else f"{'':>8}") if a != b or c is not None
+                         else f"{'—':>22}")
         lines.append(f"{a:<14}" + "".join(cells))
     return "\n".join(lines)

@@ -66,6 +66,12 @@ def test_conflict_matrix(scored_pair, tmp_path):
     causal = c["causal"]
     assert causal["a"]["a"]["drop"] == pytest.approx(1.0, abs=1e-6)  # an expert's own planted set is all of it
     assert causal["b"]["b"]["drop"] == pytest.approx(1.0, abs=1e-6)
+    # the printed table puts each expert's own drop on the diagonal, the yardstick for its row
+    from mechmerge.analysis.conflict import table
+
+    rows = {line.split()[0]: line for line in table(c).splitlines()[2:]}
+    assert f"— / {causal['a']['a']['drop']:8.3f}" in rows["a"]
+    assert f"{pair['conflict']:10.2f} / {causal['a']['b']['drop']:8.3f}" in rows["a"]
 
 
 def test_heatmaps(scored_pair, tmp_path):
