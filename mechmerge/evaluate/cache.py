@@ -21,6 +21,16 @@ from ..io import atomic_write_text, file_sha256
 from .suite import Suite
 
 PROTOCOL = "__protocol__"  # the cache entry that records what the cached numbers depend on
+# Protocol keys added after caches existed: a cache that lacks only these was computed before they
+# were recorded, under the code of its time. It is taken to match (with a note) and records them from
+# its next save on, so a long comparison resumes across the upgrade instead of starting over.
+LATER_KEYS = ("search",)
+
+
+def compatible(old: Dict[str, Any], new: Dict[str, Any]) -> bool:
+    """Whether a cache recorded under `old` may be continued under `new`."""
+    missing = set(new) - set(old)  # recorded now, not then
+    return set(old) <= set(new) and missing <= set(LATER_KEYS) and all(old[k] == new[k] for k in old)
 
 
 def protocol_of(suite: Suite, opts, scores_path: Path) -> Dict[str, Any]:
@@ -58,6 +68,11 @@ def load_cache(path: Path, protocol: Dict[str, Any]) -> Dict[str, Any]:
               "taken to match this run's settings, which are recorded in it from now on", file=sys.stderr)
         cache[PROTOCOL] = protocol
         cache = save_cache(path, cache)
+    elif old != protocol and compatible(old, protocol):
+        later = ", ".join(sorted(set(protocol) - set(old)))
+        print(f"note: {path} was written before mechmerge recorded {later} in the protocol; its results are "
+              "taken to match this run's, which is recorded with the next result", file=sys.stderr)
+        cache[PROTOCOL] = protocol
     elif old != protocol:
         diff = sorted(k for k in set(old) | set(protocol) if old.get(k) != protocol.get(k))
         raise UserError(f"{path} was computed under another protocol (differs in: {', '.join(diff)}); "
@@ -72,7 +87,7 @@ def save_cache(path: Path, cache: Dict[str, Any]) -> Dict[str, Any]:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if path.exists():
             theirs = json.loads(path.read_text())
-            if theirs.get(PROTOCOL, cache[PROTOCOL]) != cache[PROTOCOL]:
+            if not compatible(theirs.get(PROTOCOL, cache[PROTOCOL]), cache[PROTOCOL]):
                 raise UserError(f"{path} was rewritten under another protocol by another run; "
                                 "give each protocol its own --out")
             cache = {**theirs, **cache}

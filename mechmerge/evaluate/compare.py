@@ -125,13 +125,13 @@ class Harness:
                 method_param={"density": str(d), "lambda": str(lam)})) for d, lam in SPARSE_GRID[:N]]
         for name in self.guided():
             out[f"guided:{name}"] = self._guided(combo, name)
-        # controls: the default strategy driven by a random or a magnitude-only unit choice
+        # controls: the default strategy driven by random or by task-vector-magnitude scores instead
         for control in ("random", "magnitude"):
             out[f"control:{control}"] = self._guided(combo, DEFAULT.strategy, score=control)
         return out
 
     def guided(self) -> List[str]:
-        return list(self.opts.strategies_) or [s for s in strategies.STRATEGIES if s != "uniform"]
+        return guided_strategies(self.opts)
 
     def _guided(self, combo, name: str, score: Optional[str] = None) -> List[Candidate]:
         """The strategy's top-N calibrations on the scoring probes (N = candidates)."""
@@ -139,6 +139,7 @@ class Harness:
             score = score or (DEFAULT.score if name == DEFAULT.strategy else "patch_in")
             ro = RecipeOptions(scores=str(self.out / "scores.json"), out="", experts=tuple(combo), strategy=name,
                                score=score, calibrate=True, progress=False, seed=self.opts.seed,
+                               device=self.opts.device,
                                param={k: str(v) for k, v in (DEFAULT.params if name == DEFAULT.strategy else {}).items()})
             r = make_recipe(ro, data=self.scores, write=False)
             table = sorted(r.calibration or [{"params": r.params, "rank_key": (0.0,)}], key=lambda t: t["rank_key"],
@@ -216,6 +217,9 @@ class Harness:
             for c in cands:
                 dev = self._cached(f"dev|{tag}|{method}|{c.label}", lambda c=c: self._merged(c.recipe, self.dev, tasks))
                 dev_scores.append(np.mean([dev[t]["accuracy"] for t in tasks]))
+            if not np.isfinite(dev_scores).all():  # argmax would pick a NaN: an empty dev task
+                raise UserError(f"{tag} {method}: a dev accuracy is not a number (dev tasks {tasks}); "
+                                "does every task's dev split hold probes?")
             best = cands[int(np.argmax(dev_scores))]
             test = self._cached(f"test|{tag}|{method}|{best.label}",
                                 lambda: self._merged(best.recipe, self.test, tasks + retention))
@@ -261,6 +265,9 @@ def prepare_scores(opts: CompareOptions) -> Tuple[Suite, Path, Path]:
     out = Path(opts.out)
     out.mkdir(parents=True, exist_ok=True)
     scores_path = out / "scores.json"
+    if not scores_path.exists() and opts.partial:
+        raise UserError(f"--partial computes nothing, and {scores_path} does not exist: the comparison has not "
+                        "started in this folder (run it without --partial)")
     if not scores_path.exists():
         from ..patching.score import ScoreOptions, score
 
@@ -290,8 +297,23 @@ def build_harness(opts: CompareOptions) -> Harness:
     test_tasks = {**suite.splits["test"], **suite.retention.get("test", {}), **quality}
     test_ev = Evaluator(test_tasks, tok, {t: m for t, m in metrics.items() if t in test_tasks},
                         max_probes=opts.max_test_probes, **mkw)
-    cache = load_cache(out / "cache.json", protocol_of(suite, opts, scores_path))
+    cache = load_cache(out / "cache.json", {**protocol_of(suite, opts, scores_path), "search": search_space(opts)})
     return Harness(opts, suite, scores, out, dev_ev, test_ev, base, dev, cache)
+
+
+def guided_strategies(opts: CompareOptions) -> List[str]:
+    return list(opts.strategies_) or [s for s in strategies.STRATEGIES if s != "uniform"]
+
+
+def search_space(opts: CompareOptions) -> Dict[str, Any]:
+    """What each method may propose, for the cache's protocol: the baselines' grids, each guided
+    strategy's calibration grid, the default strategy and the calibration objective. These live in
+    code, so a change to them would otherwise resume on candidates chosen from the old ones."""
+    guided = guided_strategies(opts)
+    return {"task_arithmetic": TA_GRID[:opts.candidates], "sparse": [list(g) for g in SPARSE_GRID[:opts.candidates]],
+            "guided": {n: strategies.get(n).grid for n in sorted(set(guided) | {DEFAULT.strategy})},
+            "default": {"strategy": DEFAULT.strategy, "score": DEFAULT.score, "params": DEFAULT.params},
+            "objective": RecipeOptions.__dataclass_fields__["objective"].default}
 
 
 def shard_of(spec: str) -> Tuple[int, int]:
@@ -317,10 +339,16 @@ def run_workers(opts: CompareOptions) -> None:
     threads = max(1, torch.get_num_threads() // opts.workers)
     procs = [ctx.Process(target=_worker, args=(dataclasses.replace(opts, workers=1, shard=f"{i}/{opts.workers}"),
                                                 threads)) for i in range(1, opts.workers + 1)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join()
+    try:
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join()
+    finally:  # interrupted or failed here: no worker may go on writing the cache behind the user's back
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+                p.join()
     failed = [i + 1 for i, p in enumerate(procs) if p.exitcode != 0]
     if failed:
         raise UserError(f"compare workers {failed} of {opts.workers} failed (their errors are above); "

@@ -73,6 +73,44 @@ def test_cache_without_protocol_is_adopted_and_stamped(pair_suite, capsys):
     assert PROTOCOL in json.loads(cache_file.read_text())
 
 
+def test_a_changed_search_space_is_refused_and_an_older_cache_continues(pair_suite, monkeypatch, capsys):
+    """The candidates each method may propose live in code (grids, default strategy, objective):
+    changing them must not resume on candidates chosen from the old ones. A cache written before
+    the search space was recorded continues, with a note, and records it with its next result."""
+    suite, out = pair_suite
+    first = cmp.compare(opts(suite, out))
+    cache_file = out / "cache.json"
+    assert json.loads(cache_file.read_text())[PROTOCOL]["search"]["task_arithmetic"] == cmp.TA_GRID[:1]
+    monkeypatch.setattr(cmp, "TA_GRID", [0.8] + cmp.TA_GRID)
+    with pytest.raises(UserError, match="differs in: search"):
+        cmp.compare(opts(suite, out))
+    monkeypatch.undo()
+
+    cache = json.loads(cache_file.read_text())
+    del cache[PROTOCOL]["search"]  # as written before the search space was recorded
+    del cache[next(k for k in cache if k.startswith("test|a+b|linear"))]  # one result left to compute
+    cache_file.write_text(json.dumps(cache))
+    again = cmp.compare(opts(suite, out))
+    assert "before mechmerge recorded search" in capsys.readouterr().err
+    assert again["summary"] == first["summary"]
+    assert "search" in json.loads(cache_file.read_text())[PROTOCOL]
+    # an older cache that differs in anything else is still refused
+    cache = json.loads(cache_file.read_text())
+    del cache[PROTOCOL]["search"]
+    cache[PROTOCOL]["seed"] = 1
+    cache_file.write_text(json.dumps(cache))
+    with pytest.raises(UserError, match="differs in: search, seed"):
+        cmp.compare(opts(suite, out))
+
+
+def test_partial_in_a_folder_without_scores_computes_nothing(pair_suite, tmp_path):
+    suite, _ = pair_suite
+    empty = tmp_path / "empty"
+    with pytest.raises(UserError, match="has not started"):
+        cmp.compare(opts(suite, empty, partial=True))
+    assert not (empty / "scores.json").exists()
+
+
 @pytest.fixture
 def trio_suite(scored_pair, tmp_path):
     """Three experts (c is a copy of a under another name, with its scores), so three pairs."""

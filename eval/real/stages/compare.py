@@ -46,7 +46,7 @@ from ..runner import Context, StageStopped, manifest_of, stage
 
 
 # The default strategy and the conflict-aware one (issue 7 asks for it in the harness); the
-# controls (random and magnitude unit choices) are always run with the default strategy.
+# controls (random and task-vector-magnitude scores) are always run with the default strategy.
 STRATEGIES = f"{DEFAULT.strategy},conflict"
 
 

@@ -1,0 +1,52 @@
+"""The comparison report's verdicts on hand-made results whose answers can be worked out on paper."""
+
+from types import SimpleNamespace
+
+from mechmerge.evaluate.report import markdown, summarize
+
+SUITE = SimpleNamespace(retention={}, quality={})
+
+
+def cell(acc, n=100):
+    return {"test": {t: {"accuracy": a, "n": n} for t, a in acc.items()}}
+
+
+def results(mix_ab, mix_cd):
+    """Two pairs; task arithmetic is the strongest baseline (0.50 mean), ties weaker (0.40)."""
+    out = {}
+    for combo, mix in (("a+b", mix_ab), ("c+d", mix_cd)):
+        t1, t2 = combo.split("+")
+        out[combo] = {"base": cell({t1: 0.0, t2: 0.0}), "linear": cell({t1: 0.1, t2: 0.1}),
+                      "task_arithmetic": cell({t1: 0.5, t2: 0.5}), "ties": cell({t1: 0.4, t2: 0.4}),
+                      "guided:mix": cell({t1: mix, t2: mix}),
+                      "control:random": cell({t1: 0.45, t2: 0.45}), "control:magnitude": cell({t1: 0.6, t2: 0.6}),
+                      f"expert:{t1}": cell({t1: 1.0}), f"expert:{t2}": cell({t2: 1.0})}
+    return out
+
+
+def report(mix_ab, mix_cd):
+    s = summarize(results(mix_ab, mix_cd), SUITE, default="guided:mix")
+    return s, markdown({"suite": "toy", "protocol": {"candidates": 3}, "summary": s})
+
+
+def test_claim_against_the_strongest_baseline_with_both_conditions():
+    s, md = report(0.60, 0.54)  # +10 and +4 points over task arithmetic
+    c = s["claim"]
+    assert c["best_baseline"] == "task_arithmetic"
+    assert abs(c["margin"] - 0.07) < 1e-9 and abs(c["worst_combination"] - 0.04) < 1e-9 and c["holds"]
+    assert "**HOLDS** — margin +7.0 points, worst combination +4.0 points" in md
+    # a big mean margin does not save a combination more than 2 points worse
+    s, md = report(0.70, 0.47)
+    assert s["claim"]["margin"] > 0.03 and not s["claim"]["holds"] and "worst combination -3.0" in md
+
+
+def test_margin_just_under_the_threshold_is_not_printed_as_the_threshold():
+    s, md = report(0.5296, 0.5296)  # +2.96 points: one decimal would print +3.0 next to DOES NOT HOLD
+    assert not s["claim"]["holds"] and "margin +2.96 points" in md
+
+
+def test_controls_are_compared_on_their_means():
+    s, md = report(0.55, 0.55)
+    assert s["controls"]["control:random"]["beaten"] and not s["controls"]["control:magnitude"]["beaten"]
+    assert "random 0.450, magnitude 0.600 vs mechanism 0.550" in md and "**does not beat its controls**" in md
+    assert s["methods"]["experts"]["mean"] == 1.0
