@@ -89,6 +89,8 @@ MODEL_CASES = [
     ("hidden size", lambda d, b, e, p, t: (b, _config(e, t / "e", hidden_size=64), p), "hidden_size"),
     ("layer count", lambda d, b, e, p, t: (b, _config(e, t / "e", num_hidden_layers=3), p), "num_hidden_layers"),
     ("vocabulary", lambda d, b, e, p, t: (b, _config(e, t / "e", vocab_size=200), p), "vocab_size"),
+    ("rope base (a long-context fine-tune)", lambda d, b, e, p, t: (
+        b, _config(e, t / "e", rope_parameters={"rope_theta": 500000.0, "rope_type": "default"}), p), "rope_parameters"),
     ("missing tensor", lambda d, b, e, p, t: (b, _edit_expert(e, t / "e", _missing_tensor), p),
      "missing tensor 'model.layers.1.mlp.up_proj.weight'"),
     ("tensor shape", lambda d, b, e, p, t: (b, _edit_expert(e, t / "e", _bad_shape), p),

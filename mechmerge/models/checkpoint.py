@@ -29,10 +29,35 @@ ARCH_FIELDS = (
     "model_type", "hidden_size", "num_hidden_layers", "num_attention_heads",
     "num_key_value_heads", "intermediate_size", "vocab_size", "head_dim",
     "tie_word_embeddings", "n_embd", "n_layer", "n_head", "n_inner", "n_positions",
-    "max_position_embeddings", "rope_theta", "sliding_window", "layer_types",
+    "max_position_embeddings", "rope_parameters", "partial_rotary_factor", "sliding_window", "layer_types",
+    "use_sliding_window", "max_window_layers",
     "hidden_activation", "hidden_act", "final_logit_softcapping", "attn_logit_softcapping",
     "query_pre_attn_scalar", "rms_norm_eps", "layer_norm_epsilon",
 )
+
+
+def arch_view(config: Dict) -> Dict:
+    """ARCH_FIELDS as transformers reads them, so two configs written by different transformers
+    versions compare by meaning: v4 writes `rope_theta` and `rope_scaling` (Gemma 3 also
+    `rope_local_base_freq`) where v5 writes one `rope_parameters`, and either may leave out a
+    field whose default the other writes. Falls back to the raw JSON for a model type this
+    transformers does not know (remote code)."""
+    import logging
+
+    from transformers import AutoConfig
+
+    fields = {k: v for k, v in config.items() if k != "model_type"}
+    tf_logger = logging.getLogger("transformers")
+    level = tf_logger.level
+    tf_logger.setLevel(logging.ERROR)  # validation warnings about the config are not ours to print
+    try:
+        cfg = AutoConfig.for_model(config.get("model_type", ""), **fields)
+    except Exception:  # unknown model type, or a config this version refuses: compare the raw fields
+        return {k: config.get(k) for k in ARCH_FIELDS}
+    finally:
+        tf_logger.setLevel(level)
+    text = getattr(cfg, "text_config", None)  # multimodal wrappers keep the language model's fields inside
+    return {k: getattr(cfg, k, getattr(text, k, None) if text is not None else None) for k in ARCH_FIELDS}
 
 
 def resolve_model_path(ref: str, what: str = "model") -> Path:
@@ -254,8 +279,9 @@ def _index_pickle(path: Path, files: List[str]) -> Dict[str, TensorInfo]:
 
 def check_compatible(base: Checkpoint, other: Checkpoint) -> None:
     """Raise a one-line UserError at the first architectural difference."""
+    mine, theirs = arch_view(base.config), arch_view(other.config)
     for key in ARCH_FIELDS:
-        a, b = base.config.get(key), other.config.get(key)
+        a, b = mine[key], theirs[key]
         if a != b:
             raise UserError(
                 f"{other.label} {str(other.path)!r} does not match the base: config {key} is {b!r}, base has {a!r}"

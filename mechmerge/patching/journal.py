@@ -34,7 +34,14 @@ class Journal:
             self._write({"fingerprint": fingerprint})
 
     def _load(self, fingerprint: str) -> None:
-        lines = self.path.read_text(encoding="utf-8").splitlines()
+        text = self.path.read_text(encoding="utf-8")
+        if text and not text.endswith("\n"):
+            # the line being written when the run was killed: cut it, or the first record
+            # appended now would be glued to it and lost at the next resume
+            text = text[: text.rfind("\n") + 1]
+            with open(self.path, "r+", encoding="utf-8") as f:
+                f.truncate(len(text.encode("utf-8")))
+        lines = text.splitlines()
         try:
             head = json.loads(lines[0]) if lines else {}
         except json.JSONDecodeError:

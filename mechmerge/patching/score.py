@@ -146,15 +146,33 @@ def prepare(opts: ScoreOptions) -> Setup:
                  LayerRunner(model, base.family), WeightSwapper(params_by_name(model), base))
 
 
-def fingerprint(opts: ScoreOptions, setup_paths: List[Path]) -> str:
+# Small files that change the tokens or the computation without touching the weights.
+FINGERPRINT_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+                     "tokenizer.model", "special_tokens_map.json", "chat_template.jinja", "chat_template.json")
+
+
+def fingerprint(opts: ScoreOptions, setup_paths: List[Path], model: Optional[torch.nn.Module] = None) -> str:
+    """What a journal's numbers depend on, so --resume never mixes two settings: options,
+    probes and small model files by content, weight files by name, size and mtime (hashing
+    gigabytes per run would cost more than it protects), the device and dtype the numbers
+    were computed in, and the library versions."""
+    import transformers
+
     keep = {k: v for k, v in opts.to_dict().items() if k not in ("out", "resume", "force", "progress")}
-    files = []
+    files, small = [], {}
     for d in setup_paths:
-        for f in sorted(d.glob("*.safetensors")):
-            st = f.stat()
-            files.append([str(f), st.st_size, st.st_mtime_ns])
+        for pattern in ("*.safetensors", "*.bin", "*.pt"):
+            for f in sorted(d.glob(pattern)):
+                st = f.stat()
+                files.append([str(f), st.st_size, st.st_mtime_ns])
+        small.update({str(d / n): file_sha256(d / n) for n in FINGERPRINT_FILES if (d / n).is_file()})
     probes = {n: file_sha256(p) for n, p in sorted(opts.probes.items())}
-    blob = json.dumps([keep, files, probes, __version__], sort_keys=True)
+    where = None
+    if model is not None:
+        w = next(model.parameters())
+        where = [str(w.device), str(w.dtype)]
+    blob = json.dumps([keep, files, small, probes, where, __version__, torch.__version__, transformers.__version__],
+                      sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -171,7 +189,8 @@ def score(opts: ScoreOptions) -> Dict[str, Any]:
     torch.manual_seed(opts.seed)
     suffix = f".rank{dist.rank()}" if dist.world() > 1 else ""
     journal = Journal(Path(f"{out}.journal{suffix}"),
-                      fingerprint(opts, [setup.base.path, *(e.path for e in setup.experts.values())]), opts.resume)
+                      fingerprint(opts, [setup.base.path, *(e.path for e in setup.experts.values())], setup.model),
+                      opts.resume)
     from .progress import Progress
 
     finished = False

@@ -79,6 +79,9 @@ def parse_probe_line(raw: str, where: str, lineno: int = 0) -> Probe:
             raise UserError(f"{where}: the last message must be the assistant's response")
         if not pairs[-1][1].strip():
             raise UserError(f"{where}: the assistant response is empty")
+        if len(pairs) < 2:
+            raise UserError(f"{where}: 'messages' holds only the assistant's response; put the user's message "
+                            "(the prompt it answers) before it")
         return Probe(messages=tuple(pairs), response=pairs[-1][1], line=lineno)
     for key in ("prompt", "response"):
         if key not in obj:
@@ -175,6 +178,9 @@ def tokenize_all(probes: Sequence[Probe], tokenizer, max_length: Optional[int], 
         t = tokenize_probe(p, tokenizer)
         if t.response_start >= len(t.ids):
             raise UserError(f"{source}:{p.line}: the response tokenizes to nothing")
+        if t.response_start < 1:  # the first response token would be "predicted" by position -1 (the last pad)
+            raise UserError(f"{source}:{p.line}: nothing precedes the response (empty prompt, or a chat template "
+                            "that renders no tokens before the answer); give the probe a prompt")
         if max_length is not None and len(t.ids) > max_length:
             raise UserError(
                 f"{source}:{p.line}: probe is {len(t.ids)} tokens, longer than the model's context of {max_length}"

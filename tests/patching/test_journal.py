@@ -1,0 +1,48 @@
+"""The scoring journal's edges: a record cut off by a kill, and what --resume checks."""
+
+import json
+
+import torch
+
+from mechmerge.patching.engine import Measurement
+from mechmerge.patching.journal import Journal
+from mechmerge.patching.score import ScoreOptions, fingerprint
+
+
+def test_a_line_cut_by_a_kill_does_not_swallow_the_next_record(tmp_path):
+    path = tmp_path / "s.json.journal"
+    j = Journal(path, "fp", resume=False)
+    j.add("x", "patch_in", "u1", 0, Measurement(-1.5, 10, None))
+    j.close(remove=False)
+    with open(path, "a") as f:
+        f.write('{"e": "x", "p": "patch_in", "u": "u2", "g": 0, "lp": -2.')  # killed mid-write
+    j = Journal(path, "fp", resume=True)
+    assert set(j.records) == {("x", "patch_in", "u1", 0)}
+    j.add("x", "patch_in", "u3", 0, Measurement(-3.0, 10, None))
+    j.close(remove=False)
+    again = Journal(path, "fp", resume=True)
+    assert set(again.records) == {("x", "patch_in", "u1", 0), ("x", "patch_in", "u3", 0)}
+    assert again.get("x", "patch_in", "u3", 0).lp_sum == -3.0
+    again.close(remove=False)
+    assert all(json.loads(line) for line in path.read_text().splitlines())
+
+
+def test_fingerprint_sees_what_changes_the_tokens_or_the_computation(tmp_path):
+    model = tmp_path / "m"
+    model.mkdir()
+    for name, text in (("config.json", '{"rope_parameters": {"rope_theta": 10000}}'),
+                       ("tokenizer_config.json", '{"chat_template": "a"}'), ("model.safetensors", "w")):
+        (model / name).write_text(text)
+    probes = tmp_path / "p.jsonl"
+    probes.write_text('{"prompt": "a", "response": "b"}\n')
+    opts = ScoreOptions(base=str(model), experts={"x": str(model)}, probes={"x": str(probes)}, out="o.json")
+    layer = torch.nn.Linear(2, 2)
+    first = fingerprint(opts, [model], layer)
+    assert fingerprint(opts, [model], layer) == first
+    (model / "tokenizer_config.json").write_text('{"chat_template": "b"}')  # other tokens, same weights
+    assert fingerprint(opts, [model], layer) != first
+    second = fingerprint(opts, [model], layer)
+    (model / "config.json").write_text('{"rope_parameters": {"rope_theta": 500000}}')
+    assert fingerprint(opts, [model], layer) != second
+    third = fingerprint(opts, [model], layer)
+    assert fingerprint(opts, [model], layer.to(torch.float64)) != third  # computed in another dtype

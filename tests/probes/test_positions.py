@@ -1,0 +1,32 @@
+"""Response-token positions: position j-1 predicts token j, so a response needs something before it."""
+
+import pytest
+from transformers import AutoTokenizer
+
+from mechmerge import zoo
+from mechmerge.errors import UserError
+from mechmerge.probes import Probe, load_probes, make_batches, tokenize_all
+
+
+@pytest.fixture
+def tok():
+    return AutoTokenizer.from_pretrained(str(zoo.base("alpha")))
+
+
+def test_each_target_is_predicted_by_the_position_before_it(tok):
+    [t] = tokenize_all([Probe(prompt="rev abc=", response="cba")], tok, None)
+    b = make_batches([t], 4, 0)[0]
+    assert (b.positions + 1).tolist() == list(range(t.response_start, len(t.ids)))
+    assert b.targets.tolist() == t.ids[t.response_start:]
+
+
+def test_a_chat_probe_with_nothing_before_the_answer_is_refused(tok, tmp_path):
+    f = tmp_path / "p.jsonl"
+    f.write_text('{"messages": [{"role": "assistant", "content": "cba"}]}\n')
+    with pytest.raises(UserError, match="p.jsonl:1: 'messages' holds only the assistant's response"):
+        load_probes(f)
+    # a template that renders nothing before the answer: position -1 would "predict" its first token
+    silent = Probe(messages=(("system", ""), ("assistant", "cba")), response="cba", line=3)
+    tok.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    with pytest.raises(UserError, match="p.jsonl:3: nothing precedes the response"):
+        tokenize_all([silent], tok, None, "p.jsonl")
