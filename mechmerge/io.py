@@ -51,9 +51,14 @@ def dumps(obj: Any) -> str:
     return json.dumps(round_floats(obj), indent=1, ensure_ascii=False) + "\n"
 
 
-def check_output(path: str | Path, force: bool, what: str = "output") -> Path:
-    """Refuse to overwrite without --force; check the parent directory is writable."""
+def check_output(path: str | Path, force: bool, what: str = "output", directory: bool = False) -> Path:
+    """Refuse to overwrite without --force, or a file where a directory goes (or the reverse,
+    which --force cannot fix); check the parent directory is writable."""
     p = Path(path)
+    if directory and p.exists() and not p.is_dir():
+        raise UserError(f"{what} {str(p)!r} is a file, not a directory; choose another path")
+    if not directory and p.is_dir():
+        raise UserError(f"{what} {str(p)!r} is a directory; give a file path")
     if p.exists() and not force:
         if not (p.is_dir() and not any(p.iterdir())):
             raise UserError(f"{what} {str(p)!r} already exists; pass --force to overwrite")

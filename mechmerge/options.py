@@ -22,9 +22,11 @@ from .errors import UserError
 
 
 def opt(help: str, *, flag: str | None = None, argument: bool = False, metavar: str | None = None,
-        cli: bool = True) -> dict:
-    """Field metadata: the CLI help text and, optionally, a flag name other than --field-name."""
-    return {"help": help, "flag": flag, "argument": argument, "metavar": metavar, "cli": cli}
+        cli: bool = True, min: float | None = None) -> dict:
+    """Field metadata: the CLI help text and, optionally, a flag name other than --field-name
+    and the smallest value a number may take (checked when the options object is built, so
+    the Python API refuses it as the CLI does)."""
+    return {"help": help, "flag": flag, "argument": argument, "metavar": metavar, "cli": cli, "min": min}
 
 
 def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
@@ -51,6 +53,12 @@ def parse_pairs(values: Tuple[str, ...], what: str) -> Dict[str, str]:
 @dataclasses.dataclass
 class Options:
     """Base class: CLI round trip and JSON record."""
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            low, v = f.metadata.get("min"), getattr(self, f.name)
+            if low is not None and v is not None and not isinstance(v, bool) and v < low:
+                raise UserError(f"--{_flag_name(f)} {v}: must be >= {low:g}")
 
     @classmethod
     def from_cli(cls, **kwargs: Any):
@@ -94,9 +102,12 @@ def click_options(cls) -> Callable[[Callable], Callable]:
         tp, optional = _unwrap_optional(hints[f.name])
         has_default = f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
         default = f.default if f.default is not dataclasses.MISSING else None
+        # click >= 8.3 takes an explicit default=None as a default and stops enforcing
+        # required=True (a missing --out reached the command as None): pass defaults only
+        # for fields that have one.
+        given = {"default": default} if has_default else {}
         if md.get("argument"):
-            params.append(click.Argument([f.name], required=not has_default, default=default,
-                                         metavar=md.get("metavar")))
+            params.append(click.Argument([f.name], required=not has_default, metavar=md.get("metavar"), **given))
             continue
         decl = "--" + _flag_name(f)
         kw: Dict[str, Any] = {"help": md["help"], "show_default": has_default and default not in (None, ())}
@@ -112,11 +123,10 @@ def click_options(cls) -> Callable[[Callable], Callable]:
             # Optional[bool] stays None when neither flag is given ("decide for me").
             kw.update(is_flag=True, default=None if optional else bool(default))
         elif get_origin(tp) is Literal:
-            kw.update(type=click.Choice([str(a) for a in get_args(tp)]), default=default,
-                      required=not has_default)
+            kw.update(type=click.Choice([str(a) for a in get_args(tp)]), required=not has_default, **given)
         else:
-            kw.update(type={int: int, float: float, str: str}.get(tp, str), default=default,
-                      required=not has_default and not optional, metavar=md.get("metavar"))
+            kw.update(type={int: int, float: float, str: str}.get(tp, str),
+                      required=not has_default and not optional, metavar=md.get("metavar"), **given)
         params.append(click.Option([decl, f.name], **kw))
 
     def deco(fn: Callable) -> Callable:

@@ -26,7 +26,7 @@ class AgreeOptions(Options):
     reference: str = field(metadata=opt("Reference scores JSON (e.g. --method exact).", argument=True,
                                         metavar="REFERENCE"))
     other: str = field(metadata=opt("Scores JSON to check against it.", argument=True, metavar="OTHER"))
-    top_k: int = field(default=10, metadata=opt("Size of the top sets compared."))
+    top_k: int = field(default=10, metadata=opt("Size of the top sets compared.", min=1))
     out: Optional[str] = field(default=None, metadata=opt("Also write the table as JSON here."))
     force: bool = field(default=False, metadata=opt("Overwrite the output."))
 

@@ -24,7 +24,7 @@ from . import sets
 class ConflictOptions(Options):
     scores: str = field(metadata=opt("Scores JSON with two or more experts.", argument=True, metavar="SCORES"))
     out: Optional[str] = field(default=None, metadata=opt("Write the conflict matrices as JSON here."))
-    top_k: int = field(default=10, metadata=opt("Size of the top unit sets."))
+    top_k: int = field(default=10, metadata=opt("Size of the top unit sets.", min=1))
     causal: bool = field(default=True, metadata=opt("Also measure the causal conflict (forward passes)."))
     device: str = field(default="auto", metadata=opt("auto, cpu or cuda."))
     seed: int = field(default=0, metadata=opt("Seed of the random control sets."))

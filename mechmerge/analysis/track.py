@@ -33,13 +33,13 @@ class TrackOptions(Options):
                                                      flag="checkpoint", metavar="NAME=DIR"))
     probes: str = field(metadata=opt("Probe set (JSONL) the behaviour is measured on."))
     out: str = field(metadata=opt("Where to write the track JSON (scores go to OUT.scores.json)."))
-    top_k: int = field(default=10, metadata=opt("Size of the top unit sets."))
+    top_k: int = field(default=10, metadata=opt("Size of the top unit sets.", min=1))
     granularity: Literal["module", "layer", "head"] = field(default="module", metadata=opt("Units."))
     method: Literal["exact", "attribution", "hybrid"] = field(default="exact", metadata=opt(
         "How each checkpoint is scored (as in `mechmerge score`); hybrid measures each checkpoint's top units "
         "exactly and estimates the rest, for models where exact scoring of every checkpoint is too slow."))
-    batch_size: int = field(default=8, metadata=opt("Probes per forward pass."))
-    max_probes: Optional[int] = field(default=None, metadata=opt("Use only the first N probes."))
+    batch_size: int = field(default=8, metadata=opt("Probes per forward pass.", min=1))
+    max_probes: Optional[int] = field(default=None, metadata=opt("Use only the first N probes.", min=1))
     device: str = field(default="auto", metadata=opt("auto, cpu or cuda."))
     seed: int = field(default=0, metadata=opt("Seed of the random control sets."))
     force: bool = field(default=False, metadata=opt("Overwrite existing outputs."))

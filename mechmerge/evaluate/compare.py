@@ -45,14 +45,14 @@ class CompareOptions(Options):
                                     metavar="SUITE"))
     out: str = field(default="results", metadata=opt("Results folder (table, JSON, plot, cache)."))
     sizes: str = field(default="2,3", metadata=opt("Combination sizes, comma separated."))
-    candidates: int = field(default=6, metadata=opt("Merges each method may propose per combination."))
+    candidates: int = field(default=6, metadata=opt("Merges each method may propose per combination.", min=1))
     strategies_: Tuple[str, ...] = field(default=(), metadata=opt(
         "Guided strategies to run (repeatable; default: every registered one but uniform).", flag="strategy"))
     score_method: str = field(default="exact", metadata=opt("Scoring method for the guided strategies."))
     seed: int = field(default=0, metadata=opt("Seed for random methods (DARE)."))
-    batch_size: int = field(default=64, metadata=opt("Evaluation batch size."))
-    max_dev_probes: Optional[int] = field(default=None, metadata=opt("Use only the first N dev probes per task."))
-    max_test_probes: Optional[int] = field(default=None, metadata=opt("Use only the first N test probes per task."))
+    batch_size: int = field(default=64, metadata=opt("Evaluation batch size.", min=1))
+    max_dev_probes: Optional[int] = field(default=None, metadata=opt("Use only the first N dev probes per task.", min=1))
+    max_test_probes: Optional[int] = field(default=None, metadata=opt("Use only the first N test probes per task.", min=1))
     device: str = field(default="auto", metadata=opt("auto, cpu or cuda."))
     progress: bool = field(default=True, metadata=opt("Progress output."))
     workers: int = field(default=1, metadata=opt(
@@ -66,6 +66,14 @@ class CompareOptions(Options):
         "(the interim table of a long or running comparison; same options as the run)."))
 
     def validate(self) -> None:
+        """Everything that can be checked before any work (scoring comes first and takes long)."""
+        parse_sizes(self.sizes)
+        for name in self.strategies_:
+            strategies.get(name)
+        if self.score_method not in ("exact", "attribution", "hybrid"):
+            from ..errors import unknown
+
+            raise unknown("score method", self.score_method, ("exact", "attribution", "hybrid"))
         if self.workers < 1:
             raise UserError(f"--workers {self.workers}: expected 1 or more")
         if self.shard:
@@ -247,12 +255,18 @@ def resolve_suite(ref: str) -> Suite:
     raise UserError(f"suite {ref!r}: expected a zoo name, a zoo directory or a suite JSON")
 
 
-def combos(experts: List[str], sizes: str) -> List[Tuple[str, ...]]:
+def parse_sizes(sizes: str) -> List[int]:
     try:
         ks = [int(s) for s in sizes.split(",") if s.strip()]
     except ValueError:
-        raise UserError(f"--sizes {sizes!r}: expected comma-separated integers like 2,3") from None
-    out = [c for k in ks for c in itertools.combinations(experts, k)]
+        ks = []
+    if not ks or min(ks) < 1:
+        raise UserError(f"--sizes {sizes!r}: expected comma-separated positive integers like 2,3")
+    return ks
+
+
+def combos(experts: List[str], sizes: str) -> List[Tuple[str, ...]]:
+    out = [c for k in parse_sizes(sizes) for c in itertools.combinations(experts, k)]
     if not out:
         raise UserError(f"no combinations of sizes {sizes} from {len(experts)} experts")
     return out

@@ -42,9 +42,9 @@ class EvalOptions(Options):
     metric: Dict[str, str] = field(default_factory=dict, metadata=opt(
         "Metric of a task as NAME=METRIC: exact (default), prefix, logprob (no generation) or "
         "package.module:function.", metavar="NAME=METRIC"))
-    batch_size: int = field(default=32, metadata=opt("Prompts per generation batch."))
-    max_new_tokens: int = field(default=32, metadata=opt("Generation length limit."))
-    max_probes: Optional[int] = field(default=None, metadata=opt("Use only the first N probes of each file."))
+    batch_size: int = field(default=32, metadata=opt("Prompts per generation batch.", min=1))
+    max_new_tokens: int = field(default=32, metadata=opt("Generation length limit.", min=1))
+    max_probes: Optional[int] = field(default=None, metadata=opt("Use only the first N probes of each file.", min=1))
     device: str = field(default="auto", metadata=opt("auto, cpu or cuda[:N]."))
     force: bool = field(default=False, metadata=opt("Overwrite an existing JSON output."))
     progress: bool = field(default=True, metadata=opt("Show a progress bar."))

@@ -39,6 +39,11 @@ class Suite:
         for path in [self.base, *self.experts.values()]:
             if not Path(path).is_dir():
                 raise UserError(f"suite {self.name!r}: model {path!r} not found")
+        for kind in (self.splits, self.retention, self.quality):
+            for split, files in kind.items():
+                for task, f in files.items():
+                    if not Path(f).is_file():
+                        raise UserError(f"suite {self.name!r}: {split} probes of {task!r}: file {f!r} not found")
 
     @classmethod
     def from_file(cls, path: str) -> "Suite":
@@ -47,8 +52,12 @@ class Suite:
             d = json.loads(p.read_text())
         except (OSError, json.JSONDecodeError) as e:
             raise UserError(f"suite {path!r}: cannot read ({e})") from None
-        if d.get("format") == "mechmerge-zoo":
+        if isinstance(d, dict) and d.get("format") == "mechmerge-zoo":
             return cls.from_zoo(p.parent)
+        problem = _shape_problem(d)
+        if problem:
+            raise UserError(f"suite {path!r}: {problem} (a suite is {{name, base, experts: {{NAME: DIR}}, "
+                            "splits: {score|dev|test: {TASK: FILE}}, ...}; see `mechmerge compare --help`)")
         root = p.parent
 
         def rel(x: str) -> str:
@@ -77,3 +86,32 @@ class Suite:
             retention={sp: {g: str(files[sp][g]) for g in m["general"]} for sp in ("dev", "test")},
             max_new_tokens=int(m.get("max_new_tokens", 24)),
         )
+
+
+def _str_map(v) -> bool:
+    return isinstance(v, dict) and all(isinstance(k, str) and isinstance(x, str) for k, x in v.items())
+
+
+def _shape_problem(d) -> str:
+    """What is wrong with a suite JSON's shape, or '' (paths are checked later, by `check`)."""
+    if not isinstance(d, dict):
+        return f"expected a JSON object, got {type(d).__name__}"
+    if "format" in d:
+        return f"this is a {d['format']!r} file, not a suite"
+    for key in ("base", "experts", "splits"):
+        if key not in d:
+            return f"missing key {key!r}"
+    if not isinstance(d["base"], str):
+        return "'base' must be a model directory"
+    if not _str_map(d["experts"]) or not d["experts"]:
+        return "'experts' must map each expert's name to its model directory"
+    for key in ("splits", "retention", "quality"):
+        v = d.get(key, {})
+        if not isinstance(v, dict) or not all(_str_map(m) for m in v.values()):
+            return f"{key!r} must map each split to {{TASK: probe file}}"
+    if not _str_map(d.get("metrics", {})):
+        return "'metrics' must map each task to a metric name"
+    n = d.get("max_new_tokens", 32)
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        return f"'max_new_tokens' must be a positive integer, got {n!r}"
+    return ""

@@ -101,7 +101,32 @@ def load_recipe_yaml(path: str) -> Dict[str, Any]:
         raise UserError(f"{path}: invalid YAML{at}") from None
     if not isinstance(cfg, dict):
         raise UserError(f"{path}: expected a YAML mapping (a mergekit configuration)")
+    if "merge_method" not in cfg:
+        raise UserError(f"{path}: not a mergekit configuration (no merge_method; a recipe has merge_method, "
+                        "base_model and models)")
     return cfg
+
+
+def _model_refs(cfg: Dict[str, Any]) -> Iterable[str]:
+    if isinstance(cfg.get("base_model"), str):
+        yield cfg["base_model"]
+    for m in cfg.get("models") or []:
+        if isinstance(m, dict) and isinstance(m.get("model"), str):
+            yield m["model"]
+
+
+def check_model_paths(cfg: Dict[str, Any]) -> None:
+    """A model that is plainly a local path must exist: mergekit would take it for a Hub id
+    and answer with a message about repo ids. Hub ids ('org/name') and mergekit's 'model+lora'
+    syntax are left to mergekit."""
+    import os
+    from pathlib import Path
+
+    for ref in _model_refs(cfg):
+        local = ref.startswith(("/", ".", "~")) or ref.count("/") > 1 or os.sep != "/" and os.sep in ref
+        if local and "+" not in ref and not Path(ref).expanduser().is_dir():
+            rel = "" if Path(ref).expanduser().is_absolute() else f" (relative paths resolve from the current directory, {os.getcwd()})"
+            raise UserError(f"model {ref!r} named in the recipe not found{rel}")
 
 
 def _planner(config, options):
@@ -125,6 +150,7 @@ def validate(cfg: Dict[str, Any]) -> None:
     from mergekit.options import MergeOptions
 
     check_parameter_names(cfg)
+    check_model_paths(cfg)
     config = parse_config(cfg)
     try:
         with _quiet(), tempfile.TemporaryDirectory() as tmp:

@@ -49,11 +49,26 @@ def make_api():
     return HfApi()
 
 
+def check_credentials() -> None:
+    """Say what is missing before listing files and contacting the Hub (which would answer
+    offline mode or a missing login with a failure after the listing)."""
+    import os
+
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        raise UserError("HF_HUB_OFFLINE is set: unset it to publish (or use --dry-run to see what would be sent)")
+    from huggingface_hub import get_token
+
+    if not get_token():
+        raise UserError("no Hub token: set HF_TOKEN or log in with `hf auth login`")
+
+
 def publish(opts: PublishOptions, echo=print) -> List[Tuple[str, int]]:
     d = Path(opts.model_dir)
     check_model_dir(d)
     if not REPO_ID.match(opts.repo):
         raise UserError(f"--repo {opts.repo!r} is not a Hub repository id like 'owner/name'")
+    if not opts.dry_run:
+        check_credentials()
     files = files_to_send(d)
     total = sum(s for _, s in files)
     echo(f"{'would upload' if opts.dry_run else 'uploading'} {len(files)} files ({total / 2**20:.1f} MiB) "
@@ -69,6 +84,6 @@ def publish(opts: PublishOptions, echo=print) -> List[Tuple[str, int]]:
                           ignore_patterns=[".*"])
     except Exception as e:  # the client's message may quote request headers: show the type only
         raise UserError(f"upload to {opts.repo} failed ({type(e).__name__}); check your login "
-                        "(`huggingface-cli login` or HF_TOKEN) and network") from None
+                        "(`hf auth login` or HF_TOKEN) and network") from None
     echo(f"published https://huggingface.co/{opts.repo}")
     return files

@@ -46,7 +46,7 @@ def merge(opts: MergeRunOptions) -> Path:
     cfg = engine.load_recipe_yaml(opts.recipe)
     text = Path(opts.recipe).read_text()
     engine.validate(cfg)  # every problem surfaces before we touch the output
-    out = check_output(opts.out, opts.force, "output directory")
+    out = check_output(opts.out, opts.force, "output directory", directory=True)
     scores_path = opts.scores or scores_path_from_recipe(text)
     scores = None
     if scores_path and Path(scores_path).is_file():
@@ -61,6 +61,11 @@ def merge(opts: MergeRunOptions) -> Path:
             evaluation = json.loads(Path(opts.eval_json).read_text())
         except (OSError, json.JSONDecodeError) as e:
             raise UserError(f"--eval {opts.eval_json!r}: cannot read evaluation JSON ({e})") from None
+        tasks = evaluation.get("tasks") if isinstance(evaluation, dict) else None
+        if not isinstance(tasks, dict) or not tasks or not all(
+                isinstance(t, dict) and {"accuracy", "logprob", "n"} <= set(t) for t in tasks.values()):
+            raise UserError(f"--eval {opts.eval_json!r}: not a `mechmerge eval --json` file (expected 'tasks' with "
+                            "accuracy, logprob and n per task)")
     shard = _shard_bytes(opts.out_shard_size)
     with atomic_dir(out, force=opts.force) as tmp:
         engine.run_to_dir(text, str(tmp), cuda=opts.cuda, out_shard_size=shard, lazy_unpickle=opts.lazy_unpickle)

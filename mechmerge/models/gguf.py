@@ -60,6 +60,14 @@ GEMMA3_CHAT_TEMPLATE = (
 )
 
 
+class VerificationFailed(UserError):
+    """The imported model does not check out (logits, tokenizer, mergekit round trip): said in
+    one line like any refused input, with nothing written; --debug shows where."""
+
+    def __init__(self, what: str):
+        super().__init__(f"verification failed, nothing written: {what}")
+
+
 @dataclass(frozen=True)
 class Arch:
     """What mechmerge needs to know about one GGUF `general.architecture`."""
@@ -95,7 +103,7 @@ class ImportGGUFOptions(Options):
     verify: bool = field(default=True, metadata=opt("Reload the written model and compare logits and tokenizer ids."))
     mergekit_check: bool = field(
         default=True, metadata=opt("Also check that a mergekit linear merge of the model with itself reproduces it."))
-    tolerance: float = field(default=1e-4, metadata=opt("Largest |logit difference| accepted by the check."))
+    tolerance: float = field(default=1e-4, metadata=opt("Largest |logit difference| accepted by the check.", min=0))
     force: bool = field(default=False, metadata=opt("Overwrite an existing output directory."))
 
 
@@ -253,12 +261,12 @@ def check_reload(out: Path, ref_logits: torch.Tensor, tok, inputs, tolerance: fl
     model.eval()
     diff = float((logits_of(model, inputs) - ref_logits).abs().max())
     if not diff <= tolerance:  # also catches NaN
-        raise RuntimeError(f"reloaded model's logits differ from the GGUF model's by {diff:.3g} (> {tolerance:g})")
+        raise VerificationFailed(f"reloaded model's logits differ from the GGUF model's by {diff:.3g} (> {tolerance:g})")
     if tok2.chat_template != tok.chat_template:
-        raise RuntimeError("the saved tokenizer lost its chat template")
+        raise VerificationFailed("the saved tokenizer lost its chat template")
     theirs = verify_inputs(tok2)["input_ids"]
     if not torch.equal(theirs, inputs["input_ids"]):
-        raise RuntimeError("the saved tokenizer gives other ids than the GGUF tokenizer on the verification prompt")
+        raise VerificationFailed("the saved tokenizer gives other ids than the GGUF tokenizer on the verification prompt")
     ckpt = Checkpoint.open(str(out), label="imported model")
     names = param_order(ckpt)
     return {"max_abs_logit_diff": diff, "prompt_tokens": int(inputs["input_ids"].shape[1]),
@@ -287,11 +295,11 @@ def check_mergekit(out: Path) -> Dict[str, Any]:
         merged = Checkpoint.open(str(merged_dir), label="mergekit output")
         lost = sorted(set(src.tensors) - set(merged.tensors))
         if lost:
-            raise RuntimeError(f"mergekit dropped tensor {lost[0]!r} of the imported model")
+            raise VerificationFailed(f"mergekit dropped tensor {lost[0]!r} of the imported model")
         for name in src.tensors:
             a, b = src.get(name), merged.get(name)
             if not torch.equal(a.float(), b.float()):
-                raise RuntimeError(f"mergekit linear self-merge changed tensor {name!r}")
+                raise VerificationFailed(f"mergekit linear self-merge changed tensor {name!r}")
         n = len(src.tensors)
     return {"tensors_equal": n}
 
@@ -299,7 +307,7 @@ def check_mergekit(out: Path) -> Dict[str, Any]:
 def import_gguf(opts: ImportGGUFOptions, log=print) -> Dict[str, Any]:
     """Write `opts.out`; return the record also saved there as import_gguf.json."""
     info = inspect_gguf(opts.file)
-    out = check_output(opts.out, opts.force, "output directory")
+    out = check_output(opts.out, opts.force, "output directory", directory=True)
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[opts.dtype]
     family_for({"model_type": info.arch.model_type}, str(info.path))  # mechmerge must support it
     seconds: Dict[str, float] = {}

@@ -49,7 +49,7 @@ class ScoreOptions(Options):
         default="both", metadata=opt("patch_in: expert unit into the base; knockout: base unit into the expert."))
     method: Literal["exact", "attribution", "hybrid"] = field(
         default="exact", metadata=opt("exact patching; first-order attribution; or attribution plus exact for the top K."))
-    top_k: int = field(default=10, metadata=opt("hybrid: units per expert and direction that get exact scores."))
+    top_k: int = field(default=10, metadata=opt("hybrid: units per expert and direction that get exact scores.", min=1))
     hybrid_margin: float = field(default=1.5, metadata=opt(
         "hybrid: measure exactly each first-order estimate's top ceil(margin x K) units (estimates at the base and at "
         "the expert), so a true top-K unit the estimates rank a little low is still measured."))
@@ -59,12 +59,12 @@ class ScoreOptions(Options):
         "Spread a base too large for one GPU over all visible GPUs with accelerate: auto, balanced, balanced_low_0 "
         "or sequential (as in from_pretrained). It must fit in the GPUs together: offloaded weights cannot be patched."))
     dtype: str = field(default="auto", metadata=opt("Compute dtype: auto (float32), float32, bfloat16, float16."))
-    batch_size: int = field(default=8, metadata=opt("Probes per forward pass."))
-    max_probes: Optional[int] = field(default=None, metadata=opt("Use only the first N probes of each file."))
-    cache_mb: int = field(default=2048, metadata=opt("Memory for cached block inputs; more means fewer full passes."))
+    batch_size: int = field(default=8, metadata=opt("Probes per forward pass.", min=1))
+    max_probes: Optional[int] = field(default=None, metadata=opt("Use only the first N probes of each file.", min=1))
+    cache_mb: int = field(default=2048, metadata=opt("Memory for cached block inputs; more means fewer full passes.", min=0))
     seed: int = field(default=0, metadata=opt("Random seed (attribution sampling, bootstrap)."))
     min_gap: float = field(default=0.01, metadata=opt("m(E)-m(B) (nats/token) below which an expert is flagged unreliable."))
-    bootstrap: int = field(default=0, metadata=opt("Bootstrap replicates over probes for confidence intervals (0: none)."))
+    bootstrap: int = field(default=0, metadata=opt("Bootstrap replicates over probes for confidence intervals (0: none).", min=0))
     ci_level: float = field(default=0.95, metadata=opt("Confidence level of the bootstrap intervals."))
     check_finite: bool = field(default=True, metadata=opt("Read every expert tensor once up front to reject NaN/Inf and truncated files."))
     resume: bool = field(default=False, metadata=opt("Continue a killed run from its journal (OUT.journal)."))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
@@ -104,6 +106,10 @@ def parse_method_params(method: str, raw: Dict[str, str]) -> Tuple[Dict[str, Any
             typed = spec[name].validate(value)
         except Exception:
             raise UserError(f"--method-param {name}={value!r}: not a valid {spec[name].value_type.__name__}") from None
+        if isinstance(typed, float) and not math.isfinite(typed):
+            raise UserError(f"--method-param {name}={value!r}: expected a finite number")
+        if name == "density" and not 0 < typed <= 1:  # the share of the task vector kept: mergekit does not check
+            raise UserError(f"--method-param density={value!r}: expected a share in (0, 1]")
         (shared if known[name] == "shared" else per_model)[name] = typed
     return per_model, shared
 
@@ -175,7 +181,7 @@ def _head_recipe(opts: RecipeOptions, data: Dict[str, Any], strat, view: ScoreVi
     names, unit_tensors, folded = heads.fold_units(units, w)
     out_dir = Path(opts.derive_dir) if opts.derive_dir else Path(opts.out).with_name(Path(opts.out).stem + ".experts")
     for e in view.experts:
-        check_output(out_dir / e, opts.force, "derived expert")
+        check_output(out_dir / e, opts.force, "derived expert", directory=True)
 
     def config_for(experts: Dict[str, str]) -> Dict[str, Any]:
         return build_config(method=opts.method, base=data["base"], experts=experts, units=names,

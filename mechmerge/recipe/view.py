@@ -7,7 +7,7 @@ from typing import Dict, List
 
 import numpy as np
 
-from ..errors import unknown
+from ..errors import UserError, unknown
 
 SCORE_KEYS = ("patch_in", "knockout", "anchor", "mean")
 # Controls: the same strategy driven by something other than the mechanism.
@@ -70,9 +70,11 @@ class ScoreView:
         return np.stack([self.scores[e] for e in self.experts])
 
     def subset(self, experts: List[str]) -> "ScoreView":
-        for e in experts:
+        for i, e in enumerate(experts):
             if e not in self.scores:
                 raise unknown("expert", e, self.experts)
+            if e in experts[:i]:
+                raise UserError(f"--expert {e!r} is given twice")
         return ScoreView(self.units, list(experts), {e: self.scores[e] for e in experts}, self.key,
                          {e: self.reliable[e] for e in experts}, self.data)
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from pathlib import Path
 from typing import Any, Dict, List
 
@@ -72,8 +73,10 @@ def validate_scores(data: Any, where: str = "scores") -> None:
         for u, s in mods.items():
             for k in SCORE_KEYS:
                 v = s.get(k)
-                if v is not None and not isinstance(v, (int, float)):
-                    raise UserError(f"{where}: experts.{name}.modules.{u}.{k} is {v!r}, expected a number or null")
+                # json reads NaN and Infinity: a strategy would turn them into weights without a word
+                if v is not None and (not isinstance(v, (int, float)) or not math.isfinite(v)):
+                    raise UserError(f"{where}: experts.{name}.modules.{u}.{k} is {v!r}, expected a finite number "
+                                    "or null")
 
 
 def scores_sha256(path: str | Path) -> str:

@@ -244,7 +244,7 @@ def build_zoo(name: str, out_dir: str | Path, *, seed: Optional[int] = None,
 
     quiet_transformers()
     spec = zoo_spec(name, seed, **overrides)
-    out = check_output(Path(out_dir), force, "zoo directory")
+    out = check_output(Path(out_dir), force, "zoo directory", directory=True)
     progress = progress or NullProgress()
     n_models = 1 + len(spec.specialists)
     progress.add_total(len(spec.skills) + spec.base_steps + len(spec.specialists) * spec.expert_steps

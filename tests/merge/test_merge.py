@@ -119,6 +119,19 @@ def test_publish_uploads_through_the_client_and_never_shows_the_token(scored_pai
     assert run_cli("recipe", str(scores), "--out", str(recipe), "--strategy", "share") == 0
     out = tmp_path / "merged"
     assert run_cli("merge", str(recipe), "--out", str(out)) == 0
+    # refused up front, before any file is listed: offline mode, then no token anywhere
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    capsys.readouterr()
+    assert run_cli("publish", str(out), "--repo", "me/merge") == 2
+    assert "HF_HUB_OFFLINE is set" in capsys.readouterr().err
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    assert run_cli("publish", str(out), "--repo", "me/merge") == 2
+    err = capsys.readouterr().err
+    assert "no Hub token" in err and "uploading" not in err
     secret = "hf_SECRETtoken123"
     monkeypatch.setenv("HF_TOKEN", secret)
     calls = []

@@ -215,6 +215,22 @@ def test_failed_check_leaves_no_directory(tiny_gguf, monkeypatch):
     assert not [p for p in d.iterdir() if p.name.startswith(".never")]
 
 
+def test_a_real_check_failure_is_one_line_and_exit_2(tiny_gguf, monkeypatch, capsys):
+    """The check itself fails (the reference logits are shifted): the user gets the reason in one
+    line and status 2, not a traceback, and nothing is written."""
+    from mechmerge.cli import main
+
+    d, *_ = tiny_gguf
+    out = d / "shifted"
+    real = G.check_reload
+    monkeypatch.setattr(G, "check_reload", lambda o, ref, *a: real(o, ref + 1.0, *a))
+    with pytest.raises(SystemExit) as e:
+        main(["import-gguf", str(d / "tiny.gguf"), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "verification failed, nothing written: reloaded model's logits differ" in err
+    assert "Traceback" not in err and not out.exists()
+
+
 def test_user_errors(tmp_path):
     from gguf import GGUFWriter
 

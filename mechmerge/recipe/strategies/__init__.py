@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import math
 import pkgutil
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -35,6 +36,7 @@ class Strategy:
     params: Dict[str, inspect.Parameter]
     grid: Dict[str, List[Any]] = field(default_factory=dict)
     doc: str = ""
+    bounds: Dict[str, Tuple[Optional[float], Optional[float]]] = field(default_factory=dict)  # inclusive
 
     def defaults(self) -> Dict[str, Any]:
         return {n: p.default for n, p in self.params.items()}
@@ -53,6 +55,13 @@ class Strategy:
                 out[name] = tp(value) if tp in (int, float, str, bool) else value
             except (TypeError, ValueError):
                 raise UserError(f"strategy {self.name!r}: parameter {name}={value!r} is not a {tp.__name__}") from None
+            v = out[name]
+            if isinstance(v, float) and not math.isfinite(v):
+                raise UserError(f"strategy {self.name!r}: parameter {name}={value!r} must be a finite number")
+            lo, hi = self.bounds.get(name, (None, None))
+            if (lo is not None and v < lo) or (hi is not None and v > hi):
+                span = f"[{lo}, {hi}]" if lo is not None and hi is not None else (f">= {lo}" if lo is not None else f"<= {hi}")
+                raise UserError(f"strategy {self.name!r}: parameter {name}={value!r} is out of range (expected {span})")
         return out
 
     def __call__(self, view: ScoreView, **params: Any) -> np.ndarray:
@@ -68,14 +77,19 @@ class Strategy:
 STRATEGIES: Registry[Strategy] = Registry("strategy")
 
 
-def strategy(name: str, grid: Dict[str, List[Any]] | None = None):
+def strategy(name: str, grid: Dict[str, List[Any]] | None = None,
+             bounds: Dict[str, Tuple[Optional[float], Optional[float]]] | None = None):
     def deco(fn):
         sig = inspect.signature(fn)
         params = {n: p for n, p in sig.parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
         for n, p in params.items():
             if p.default is inspect.Parameter.empty or p.annotation not in (int, float, bool, str):
                 raise TypeError(f"strategy {name}: parameter {n} needs a default and an int/float/bool/str annotation")
-        STRATEGIES.register(name)(Strategy(name, fn, params, dict(grid or {}), inspect.getdoc(fn) or ""))
+        for n in bounds or {}:
+            if n not in params:
+                raise TypeError(f"strategy {name}: bounds for unknown parameter {n}")
+        STRATEGIES.register(name)(Strategy(name, fn, params, dict(grid or {}), inspect.getdoc(fn) or "",
+                                           dict(bounds or {})))
         return fn
 
     return deco

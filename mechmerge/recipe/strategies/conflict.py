@@ -5,7 +5,8 @@ from ..view import ScoreView
 from .share import shares, top_units
 
 
-@strategy("conflict", grid={"k": [4, 8, 16, 32], "background": [0.0, 0.25, 0.5]})
+@strategy("conflict", grid={"k": [4, 8, 16, 32], "background": [0.0, 0.25, 0.5]},
+          bounds={"k": (1, None), "agree": (-1.0, 1.0)})
 def conflict(view: ScoreView, *, k: int = 8, background: float = 0.25, scale: float = 1.0,
              agree: float = 0.0) -> np.ndarray:
     """topk, but a unit several experts claim is resolved by the conflict between them:
