@@ -356,16 +356,21 @@ def run_workers(opts: CompareOptions) -> None:
     try:
         for p in procs:
             p.start()
-        for p in procs:
-            p.join()
+        # a worker that fails stops the others now, not after their whole shards
+        while any(p.is_alive() for p in procs) and not any(p.exitcode not in (None, 0) for p in procs):
+            for p in procs:
+                p.join(timeout=2)
     finally:  # interrupted or failed here: no worker may go on writing the cache behind the user's back
-        for p in procs:
+        stopped = []
+        for i, p in enumerate(procs):
             if p.is_alive():
                 p.terminate()
                 p.join()
-    failed = [i + 1 for i, p in enumerate(procs) if p.exitcode != 0]
+                stopped.append(i + 1)
+    failed = [i + 1 for i, p in enumerate(procs) if p.exitcode != 0 and i + 1 not in stopped]
     if failed:
-        raise UserError(f"compare workers {failed} of {opts.workers} failed (their errors are above); "
+        also = f"; stopped {stopped}" if stopped else ""
+        raise UserError(f"compare workers {failed} of {opts.workers} failed (their errors are above{also}); "
                         "finished candidates are cached: run again to resume")
 
 
