@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,16 +53,23 @@ class Stage:
     artifact: str  # directory name under the model's cache root
     requires: Tuple[str, ...]
     doc: str
+    # Results kept in .work/<name> between runs (a resumed stage reuses them): stamped with the
+    # requirements' built_ids and the stage's --set values, so they are never reused for others.
+    stamp_work: bool = False
+    volatile: Tuple[str, ...] = ()  # --set keys that change speed or output only, not results
+    dry: Tuple[str, ...] = ()  # --set flags under which the stage computes nothing: --redo keeps its work
 
 
 STAGES: Registry[Stage] = Registry("stage")
 
 
-def stage(name: str, artifact: str, requires: Sequence[str] = ()):
+def stage(name: str, artifact: str, requires: Sequence[str] = (), stamp_work: bool = False,
+          volatile: Sequence[str] = (), dry: Sequence[str] = ()):
     """Register `fn(ctx, out) -> summary dict` as stage `name`, building `<root>/<artifact>`."""
     def deco(fn):
         doc = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""  # shown by --list
-        STAGES.register(name)(Stage(name, fn, artifact, tuple(requires), doc))
+        STAGES.register(name)(Stage(name, fn, artifact, tuple(requires), doc, stamp_work, tuple(volatile),
+                                             tuple(dry)))
         return fn
 
     return deco
@@ -149,13 +157,44 @@ def plan(names: Sequence[str], ctx: Context, redo: Sequence[str] = ()) -> List[s
     return order
 
 
-def run_stage(ctx: Context, st: Stage) -> Dict[str, Any]:
+def check_work(ctx: Context, st: Stage, inputs: Dict[str, str], fresh: bool) -> None:
+    """Keep .work/<stage> only for the inputs and --set values it was computed with: --redo, or a
+    requirement rebuilt since, clears it; other --set values than it was started with are refused
+    (clearing hours of results over a typo would be worse than asking)."""
+    work = ctx.root / ".work" / st.name
+    stamp = {"inputs": inputs, "set": {k: v for k, v in sorted(ctx.params.items())
+                                       if k.startswith(st.name + ".") and k.split(".", 1)[1] not in st.volatile}}
+    f = work / "stamp.json"
+    if fresh and any(ctx.param(f"{st.name}.{k}", False) for k in st.dry):
+        fresh = False  # e.g. an interim table over a finished run: clearing would leave nothing to show
+    if work.is_dir():
+        old = json.loads(f.read_text()) if f.is_file() else None
+        if fresh or (old is not None and old["inputs"] != inputs):
+            ctx.log(f"[{st.name}] clearing {work}: " + ("--redo" if fresh else "a requirement was rebuilt since"))
+            shutil.rmtree(work)
+        elif old is not None and old["set"] != stamp["set"]:
+            raise UserError(f"{work} holds results computed with --set {_fmt_set(old['set'])}, not "
+                            f"{_fmt_set(stamp['set'])}: pass the same values to resume, or --redo {st.name} "
+                            "to start it over")
+        elif old is None:
+            ctx.log(f"[{st.name}] {work} predates work stamps: taken to match this run")
+    work.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(f, dumps(stamp))
+
+
+def _fmt_set(values: Dict[str, str]) -> str:
+    return " ".join(f"{k}={v}" for k, v in values.items()) or "(none)"
+
+
+def run_stage(ctx: Context, st: Stage, fresh: bool = False) -> Dict[str, Any]:
     inputs = {}
     for req in st.requires:
         m = manifest_of(ctx.artifact(req))
         if m is None:
             raise UserError(f"stage {st.name!r} needs stage {req!r}, whose artifact {ctx.artifact(req)} is missing")
         inputs[req] = m["built_id"]
+    if st.stamp_work:
+        check_work(ctx, st, inputs, fresh)
     final = ctx.artifact(st.name)
     final.parent.mkdir(parents=True, exist_ok=True)
     ctx.used = {}
@@ -211,7 +250,7 @@ def run(ctx: Context, names: Sequence[str], redo: Sequence[str] = ()) -> Dict[st
             continue
         why = {"missing": "", "stale": " (a requirement was rebuilt)"}.get(now, " (--redo)")
         ctx.log(f"[{name}] {st.doc}{why}")
-        out[name] = run_stage(ctx, st)
+        out[name] = run_stage(ctx, st, fresh=name in redo)
         ctx.log(f"[{name}] done in {out[name]['seconds']:.1f}s -> {path}")
     return out
 

@@ -83,6 +83,42 @@ def test_redo_rebuilds_downstream_and_params_are_recorded(fresh):
     assert calls[-1] == "b" and runner.state(ctx, "b") == "complete"
 
 
+def test_work_is_kept_only_for_the_inputs_and_settings_it_was_computed_with(fresh, monkeypatch):
+    """A stage's .work results (a resumed fine-tune, cached evaluations) are reused only for the
+    requirement builds and --set values they were made with: a rebuilt requirement or --redo
+    clears them, other --set values are refused, and a volatile --set (speed only) is ignored."""
+    ctx, calls, logs, _ = fresh
+
+    @runner.stage("c", artifact="C", requires=("a",), stamp_work=True, volatile=("workers",))
+    def c(ctx, out):
+        """Stage c: counts its computations in .work/c, as a resumable stage would reuse them."""
+        done = ctx.work("c") / "done.txt"
+        if not done.exists():
+            calls.append("c computed")
+            done.write_text((ctx.artifact("a") / "a.txt").read_text())
+        (out / "c.txt").write_text(done.read_text())
+        return {}
+
+    runner.run(ctx, ["c"])
+    assert calls == ["a", "c computed"]
+    work = ctx.root / ".work" / "c"
+    (ctx.artifact("c") / runner.MANIFEST).unlink()  # as if killed after its work: resumes from it
+    ctx.params = {"c.workers": "2"}
+    runner.run(ctx, ["c"])
+    assert calls == ["a", "c computed"]
+    (ctx.artifact("c") / runner.MANIFEST).unlink()
+    ctx.params = {"c.k": "5"}
+    with pytest.raises(UserError, match="pass the same values to resume, or --redo c"):
+        runner.run(ctx, ["c"])
+    assert (work / "done.txt").exists()  # refused, not cleared
+    ctx.params = {"a.n": "7"}
+    runner.run(ctx, ["c"], redo=["a"])  # the requirement is rebuilt: c's work is stale and cleared
+    assert calls[-2:] == ["a", "c computed"] and (ctx.artifact("c") / "c.txt").read_text() == "7"
+    ctx.params = {"a.n": "7"}
+    runner.run(ctx, ["c"], redo=["c"])
+    assert calls[-1] == "c computed" and any("clearing" in line and "--redo" in line for line in logs)
+
+
 def test_unknown_names(fresh):
     ctx, *_ = fresh
     with pytest.raises(UserError, match="did you mean 'b'"):

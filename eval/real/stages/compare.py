@@ -132,7 +132,9 @@ def estimate(ctx: Context, suite: Dict[str, Any], scores_path: Path, opts: Compa
     return {"measured_s": t, "per_size": per_k, "total_hours": total / 3600, "pair": list(pair)}
 
 
-@stage("compare", artifact="compare", requires=("finetune", "score"))
+@stage("compare", artifact="compare", requires=("finetune", "score"), stamp_work=True,
+       volatile=("workers", "partial", "progress", "estimate_only", "batch_size"),
+       dry=("partial", "estimate_only"))
 def compare_stage(ctx: Context, out: Path) -> Dict[str, Any]:
     """mechmerge's comparison harness (guided mix and conflict vs tuned uniform merges, random/magnitude controls)."""
     work = ctx.work("compare")

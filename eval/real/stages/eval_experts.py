@@ -47,7 +47,8 @@ def table(results: Dict[str, Dict[str, Any]], constraints: List[str], base_quali
     return "\n".join(lines) + "\n"
 
 
-@stage("eval_experts", artifact="eval_experts", requires=("finetune",))
+@stage("eval_experts", artifact="eval_experts", requires=("finetune",), stamp_work=True,
+       volatile=("constraints", "batch_size"))
 def eval_experts(ctx: Context, out: Path) -> Dict[str, Any]:
     """Verifier pass rates of base and specialists on every constraint's test split; quality retention."""
     specialists = experts(ctx)

@@ -109,7 +109,7 @@ def train_one(ctx: Context, name: str, cfg: FinetuneConfig, keep_at: List[int], 
     return record
 
 
-@stage("finetune", artifact="experts", requires=("data",))
+@stage("finetune", artifact="experts", requires=("data",), stamp_work=True, volatile=("constraints",))
 def finetune(ctx: Context, out: Path) -> Dict[str, Any]:
     """One specialist per constraint (resumable fine-tunes), dev pass rate before/after."""
     names = [n for n in ctx.param("finetune.constraints", DEFAULT_CONSTRAINTS).split(",") if n]
