@@ -24,6 +24,14 @@ def scores_path_from_recipe(text: str) -> Optional[str]:
     return None
 
 
+def seed_from_recipe(text: str) -> Optional[int]:
+    for line in recipe_header(text):
+        m = re.match(r"random seed: (-?\d+)", line)
+        if m:
+            return int(m.group(1))
+    return None
+
+
 def _front_matter(cfg: Dict[str, Any]) -> str:
     base = cfg.get("base_model")
     fm: Dict[str, Any] = {}

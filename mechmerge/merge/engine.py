@@ -207,7 +207,7 @@ def _collect_cls():
 
 
 def run_to_dir(cfg_text: str, out_dir: str, cuda: bool = False, out_shard_size: Optional[int] = None,
-               lazy_unpickle: bool = False, quiet: bool = True) -> None:
+               lazy_unpickle: bool = False, quiet: bool = True, random_seed: Optional[int] = None) -> None:
     """`mergekit-yaml` as a function call: same planner, same executor, same files."""
     from mergekit.merge import run_merge
     from mergekit.options import MergeOptions
@@ -216,6 +216,8 @@ def run_to_dir(cfg_text: str, out_dir: str, cuda: bool = False, out_shard_size: 
     kw: Dict[str, Any] = {"device": "cuda" if cuda else "cpu", "quiet": quiet, "lazy_unpickle": lazy_unpickle}
     if out_shard_size is not None:
         kw["out_shard_size"] = out_shard_size
+    if random_seed is not None:
+        kw["random_seed"] = random_seed
     ctx = _quiet() if quiet else contextlib.nullcontext()
     with ctx:
         run_merge(config, out_dir, options=MergeOptions(**kw), config_source=cfg_text)

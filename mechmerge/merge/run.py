@@ -12,7 +12,7 @@ from ..errors import UserError
 from ..io import atomic_dir, check_output
 from ..options import Options, opt
 from . import engine
-from .card import render_card, scores_path_from_recipe
+from .card import render_card, scores_path_from_recipe, seed_from_recipe
 
 
 @dataclass
@@ -28,6 +28,8 @@ class MergeRunOptions(Options):
         "Scores JSON for the model card (default: the one named in the recipe header)."))
     eval_json: Optional[str] = field(default=None, metadata=opt(
         "`mechmerge eval --json` output to include in the model card.", flag="eval"))
+    seed: Optional[int] = field(default=None, metadata=opt(
+        "Seed for random methods' masks (mergekit --random-seed; default: the recipe header's, if any)."))
     force: bool = field(default=False, metadata=opt("Replace a non-empty output directory."))
 
 
@@ -68,7 +70,8 @@ def merge(opts: MergeRunOptions) -> Path:
                             "accuracy, logprob and n per task)")
     shard = _shard_bytes(opts.out_shard_size)
     with atomic_dir(out, force=opts.force) as tmp:
-        engine.run_to_dir(text, str(tmp), cuda=opts.cuda, out_shard_size=shard, lazy_unpickle=opts.lazy_unpickle)
+        engine.run_to_dir(text, str(tmp), cuda=opts.cuda, out_shard_size=shard, lazy_unpickle=opts.lazy_unpickle,
+                          random_seed=opts.seed if opts.seed is not None else seed_from_recipe(text))
         (tmp / "README.md").write_text(render_card(out.name, text, cfg, scores, evaluation), encoding="utf-8")
         if scores_path and scores is not None:
             shutil.copyfile(scores_path, tmp / "mechmerge_scores.json")

@@ -89,6 +89,12 @@ def unit_tensor_map(data: Dict[str, Any]) -> Tuple[List[str], Dict[str, List[str
     return [u.name for u in units], {u.name: list(u.tensors) for u in units}, list(base.tensors)
 
 
+# mergekit methods whose `normalize` defaults to True (mergekit/merge_methods/registry.py)
+NORMALIZING_METHODS = ("ties", "della")
+# mergekit methods that draw random masks
+RANDOM_METHODS = ("dare_ties", "dare_linear", "della", "della_linear")
+
+
 def parse_method_params(method: str, raw: Dict[str, str]) -> Tuple[Dict[str, Any], Dict[str, Any]]:
     """Split --method-param into (per-model, shared), typed per mergekit's spec."""
     known = engine.parameter_names(method)
@@ -131,6 +137,11 @@ def make_recipe(opts: RecipeOptions, data: Optional[Dict[str, Any]] = None, writ
 
         raise unknown("merge method", opts.method, engine.SUPPORTED_METHODS)
     per_model, shared = parse_method_params(opts.method, dict(opts.method_param))
+    if opts.method in NORMALIZING_METHODS and strat.name != "uniform":
+        # mergekit divides these methods' merged delta by the sign-agreeing experts' summed weights,
+        # which undoes per-unit weights (a unit only one expert touches comes out at 1 whatever its
+        # weight): keep B + sum_e w_e (E_e - B) unless the user asks for mergekit's normalisation
+        shared.setdefault("normalize", False)
     if data["granularity"] == "head":
         return _head_recipe(opts, data, strat, view, user_params, key, per_model, shared, write)
     units, unit_tensors, tensors = unit_tensor_map(data)
@@ -210,8 +221,11 @@ def _header(opts: RecipeOptions, data: Dict[str, Any], strategy: str, params: Di
         f"strategy: {strategy} {_fmt(params)}; driven by score: {key}",
         f"method: {opts.method} {_fmt(dict(opts.method_param))}",
     ]
+    if opts.method in RANDOM_METHODS:
+        lines.append(f"random seed: {opts.seed} (the {opts.method} masks; `mechmerge merge` reads it from here, "
+                     f"`mergekit-yaml --random-seed {opts.seed}` reproduces them)")
     if table:
-        best = max(table, key=lambda r: r["objective"])
+        best = next((r for r in table if r.get("chosen")), max(table, key=lambda r: r["rank_key"]))
         lines.append(f"calibrated on the scoring probes over {len(table)} candidates: "
                      f"{opts.objective} {best['objective']:.4f} (per expert: {_fmt(best[opts.objective])}; "
                      f"log-prob recovery {_fmt(best['recovery'])})")

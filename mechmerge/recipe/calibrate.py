@@ -106,11 +106,13 @@ def calibrate(strategy, fixed: Dict[str, Any], config_for: Callable[[Dict[str, A
         row["rank_key"] = rank_key(row, opts.objective)
         table.append(row)
     best = max(table, key=lambda r: r["rank_key"])  # first best wins: deterministic
+    best["chosen"] = True  # what the recipe's header reports (the objective alone may tie)
     return dict(best["params"]), table
 
 
 def rank_key(row: Dict[str, Any], objective: str) -> Tuple[float, ...]:
-    """The objective first, then the other measures in OBJECTIVES order as tie-breaks
+    """The objective first, then the other measures as tie-breaks (sequence accuracy, token
+    accuracy, recovery, skipping the objective)
     (sequence accuracy ties often, e.g. at 0 for long responses)."""
     order = [objective] + [o for o in ("sequence_accuracy", "token_accuracy", "recovery") if o != objective]
     return tuple(round(sum(row[o].values()) / len(row[o]), 12) for o in order)

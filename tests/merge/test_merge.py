@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from safetensors.torch import load_file
 
@@ -177,3 +178,53 @@ def test_merge_output_carries_no_dependency_noise(scored_pair, tmp_path):
                           text=True, check=True)
     assert "merged model written" in done.stdout + done.stderr
     assert "torch_dtype" not in done.stdout + done.stderr, done.stderr
+
+
+def test_ties_keeps_per_unit_weights_and_the_header_reports_the_chosen_candidate(scored_pair):
+    """mergekit's TIES divides by the agreeing experts' summed weights by default, which would
+    make a unit only one expert touches come out at weight 1 whatever the strategy said."""
+    import torch
+
+    from mechmerge.merge.engine import merge_in_memory
+    from mechmerge.models.checkpoint import Checkpoint
+    from mechmerge.recipe.build import RecipeOptions, make_recipe
+
+    d, scores = scored_pair
+    opts = dict(scores=str(scores), out="", strategy="topk", param={"k": "1", "background": "0.25", "scale": "0.5"},
+                method="ties", method_param={"density": "1.0"}, calibrate=False, progress=False)
+    r = make_recipe(RecipeOptions(**opts), write=False)
+    assert r.config["parameters"]["normalize"] is False
+    base, a = Checkpoint.open(str(d / "base")), Checkpoint.open(str(d / "a"))
+    unit = "model.layers.0.self_attn.v_proj"  # planted in a only: b leaves it at the base
+    w = r.weights[r.experts.index("a"), r.units.index(unit)]
+    assert w in (0.5, 0.125)
+    name = f"{unit}.weight"
+    merged = merge_in_memory(r.config)[name]
+    torch.testing.assert_close(merged, base.get(name) + w * (a.get(name) - base.get(name)))
+    # asked for, mergekit's normalisation is kept (and then the weight cancels out)
+    r = make_recipe(RecipeOptions(**{**opts, "method_param": {"density": "1.0", "normalize": "true"}}), write=False)
+    torch.testing.assert_close(merge_in_memory(r.config)[name], a.get(name))
+
+    # calibrated: the header reports the candidate the calibration chose (by its full rank key)
+    r = make_recipe(RecipeOptions(scores=str(scores), out="", strategy="mix", calibrate=True, progress=False),
+                    write=False)
+    chosen = [row for row in r.calibration if row.get("chosen")]
+    assert len(chosen) == 1 and chosen[0]["params"] == r.params
+    assert f"sequence_accuracy {chosen[0]['objective']:.4f}" in r.text
+
+
+def test_random_methods_record_their_seed_and_merge_reproducibly(scored_pair, tmp_path):
+    d, scores = scored_pair
+    recipe = tmp_path / "r.yaml"
+    assert run_cli("recipe", str(scores), "--out", str(recipe), "--strategy", "topk", "--method", "dare_ties",
+                   "--method-param", "density=0.5", "--seed", "7") == 0
+    assert "random seed: 7" in recipe.read_text()
+    outs = []
+    for i in range(2):
+        outs.append(tmp_path / f"m{i}")
+        assert run_cli("merge", str(recipe), "--out", str(outs[-1])) == 0
+    one, two = _tensors(outs[0]), _tensors(outs[1])
+    assert all(torch.equal(one[k], two[k]) for k in one)  # the header's seed, not a fresh draw each time
+    assert run_cli("merge", str(recipe), "--out", str(tmp_path / "m9"), "--seed", "8") == 0
+    other = _tensors(tmp_path / "m9")
+    assert any(not torch.equal(one[k], other[k]) for k in one)
