@@ -70,7 +70,7 @@ def causal_conflict(data: Dict[str, Any], k: int, device: str, seed: int) -> Dic
         bl = sets.baselines(setup, b)
         for a in names:
             s_a = sets.top_k(data["experts"][a]["modules"], k)
-            ctl = sets.controls(units, k, norms[a], seed)
+            ctl = sets.controls(units, len(s_a), norms[a], seed)  # as many as the top set holds
             row = {"drop": sets.knockout(setup, b, [by_name[u] for u in s_a], bl)}
             for cname, cset in ctl.items():
                 row[f"drop_{cname}"] = sets.knockout(setup, b, [by_name[u] for u in cset], bl)

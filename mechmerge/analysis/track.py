@@ -51,8 +51,18 @@ def jaccard_distance(a: List[str], b: List[str]) -> Optional[float]:
     return None if not (sa | sb) else 1.0 - len(sa & sb) / len(sa | sb)
 
 
+def average_ranks(x: np.ndarray) -> np.ndarray:
+    """Ranks 0..n-1, tied values sharing their mean rank (ordinal ranks would order a block of
+    tied zeros, e.g. units a fine-tune left untouched, by position and invent a correlation)."""
+    x = np.asarray(x)
+    r = np.empty(len(x))
+    r[np.argsort(x, kind="stable")] = np.arange(len(x), dtype=float)
+    _, inv, counts = np.unique(x, return_inverse=True, return_counts=True)
+    return (np.bincount(inv, weights=r) / counts)[inv]
+
+
 def spearman(x: np.ndarray, y: np.ndarray) -> float:
-    rx, ry = np.argsort(np.argsort(x, kind="stable")), np.argsort(np.argsort(y, kind="stable"))
+    rx, ry = average_ranks(x), average_ranks(y)
     if rx.std() == 0 or ry.std() == 0:
         return 0.0
     return float(np.corrcoef(rx, ry)[0, 1])
@@ -91,7 +101,7 @@ def track(opts: TrackOptions) -> Dict[str, Any]:
         bl = {"base": ej["baseline"]["base"], "expert": ej["baseline"]["expert"]}
         vi = np.array([data["experts"][i]["modules"][u]["patch_in"] for u in units])
         vj = np.array([ej["modules"][u]["patch_in"] for u in units])
-        ctl = sets.controls(units, K, norms[j], opts.seed)
+        ctl = sets.controls(units, len(top[j]["all"]), norms[j], opts.seed)  # the size of the set they control for
         faith = {name: sets.recovery(setup, j, [by_name[u] for u in s], bl)
                  for name, s in {"earlier_top": top[i]["all"], "own_top": top[j]["all"], **ctl}.items()}
         transitions.append({

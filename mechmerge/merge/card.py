@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import yaml
@@ -53,18 +54,35 @@ def _weights_of(cfg: Dict[str, Any], model: str) -> Dict[str, float]:
     return {}
 
 
-def _expert_section(name: str, e: Dict[str, Any], cfg: Dict[str, Any], key: str) -> List[str]:
-    weights = _weights_of(cfg, e["model"])
-    rows = sorted(((u, s.get(key)) for u, s in e["modules"].items() if s.get(key) is not None), key=lambda r: -r[1])
+def _unit_weight(weights: Dict[str, float], unit: str) -> Optional[float]:
+    """The recipe's weight for a unit: its `.weight` tensor's entry, or (a whole-layer unit) the
+    entry of any tensor under it, which all carry the unit's weight; None for head units, whose
+    weights are folded into derived experts rather than written per tensor."""
+    if f"{unit}.weight" in weights:
+        return weights[f"{unit}.weight"]
+    under = [v for f, v in weights.items() if f.startswith(unit + ".")]
+    return under[0] if under else weights.get("*")
+
+
+def _expert_section(name: str, e: Dict[str, Any], cfg: Dict[str, Any], key: str, model: str) -> List[str]:
+    from ..recipe.view import _pick
+
+    weights = _weights_of(cfg, model)
+    # what drove the weights; the controls (random, magnitude) are not stored: rank by patch_in
+    rank_by = key if key in ("patch_in", "knockout", "anchor", "mean") else "patch_in"
+    rows = sorted(((u, _pick(s, rank_by)) for u, s in e["modules"].items()
+                   if any(s.get(k) is not None for k in ("patch_in", "knockout", "anchor"))), key=lambda r: -r[1])
     bl = e["baseline"]
     out = [f"### {name}", "",
            f"Model `{e['model']}`, probes `{e['probes']}` ({e['n_probes']} probes, {e['n_tokens']} response tokens). "
            f"Mean response log-probability: base {bl['base']:.4f}, expert {bl['expert']:.4f} (gap {bl['gap']:.4f})."
            + ("" if e.get("reliable", True) else " **Unreliable: the expert is not better than the base on its probes.**"),
-           "", f"| unit | {key} | patch_in | knockout | anchor | merge weight |", "|---|---:|---:|---:|---:|---:|"]
+           "", f"| unit | {rank_by} | patch_in | knockout | anchor | merge weight |", "|---|---:|---:|---:|---:|---:|"]
+    if rank_by != key:
+        out[-2:-2] = [f"The weights were driven by the `{key}` control, not by these scores; units by patch_in.", ""]
     for u, v in rows[:TOP]:
         s = e["modules"][u]
-        w = weights.get(f"{u}.weight", weights.get("*"))
+        w = _unit_weight(weights, u)
         cells = [f"{s[k]:.3f}" if s.get(k) is not None else "–" for k in ("patch_in", "knockout", "anchor")]
         out.append(f"| `{u}` | {v:.3f} | {' | '.join(cells)} | {'' if w is None else f'{w:.3f}'} |")
     out.append("")
@@ -93,9 +111,13 @@ def render_card(name: str, recipe_text: str, cfg: Dict[str, Any], scores: Option
               "reverted inside the expert (`knockout`), and whether the expert's internal state formed at an anchor "
               "layer (`anchor`). 1.0 means the module alone carries all of it. The units each expert carries most:", ""]
     if scores:
+        models = [m.get("model") for m in cfg.get("models") or [] if isinstance(m.get("model"), str)]
         for ename, e in scores["experts"].items():
-            if any(m.get("model") == e["model"] for m in cfg.get("models") or []):
-                lines += _expert_section(ename, e, cfg, key)
+            # the expert itself, or (head recipes) the derived expert folded from it: <derive dir>/<name>
+            model = next((m for m in models if m == e["model"]), None) or next(
+                (m for m in models if Path(m).name == ename), None)
+            if model is not None:
+                lines += _expert_section(ename, e, cfg, key, model)
     else:
         lines += ["(no scores file was available when this card was written)", ""]
     if evaluation:

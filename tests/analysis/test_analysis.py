@@ -102,3 +102,18 @@ def test_agree(scored_pair, tmp_path):
     data["units"] = {f"x{u}": v for u, v in data["units"].items()}
     other.write_text(json.dumps(data))
     assert run("agree", ref, other) == 2
+
+
+def test_spearman_gives_tied_values_their_mean_rank():
+    """A block of units a fine-tune left untouched (exact zeros in both vectors) must not invent a
+    correlation: ordinal ranks order the zeros by position."""
+    import numpy as np
+
+    from mechmerge.analysis.track import spearman
+
+    x = np.r_[np.zeros(60), np.arange(1.0, 21.0)]
+    y = np.r_[np.zeros(60), np.arange(20.0, 0.0, -1.0)]
+    ranks_x = np.r_[np.full(60, 29.5), np.arange(60.0, 80.0)]  # worked out by hand
+    ranks_y = np.r_[np.full(60, 29.5), np.arange(79.0, 59.0, -1.0)]
+    assert spearman(x, y) == pytest.approx(float(np.corrcoef(ranks_x, ranks_y)[0, 1]), abs=1e-12)
+    assert spearman(x, x) == pytest.approx(1.0)

@@ -1,5 +1,6 @@
 """Scores -> recipe -> merged, carded, loadable model; identical to stock mergekit-yaml."""
 
+import json
 import shutil
 import subprocess
 import sys
@@ -228,3 +229,19 @@ def test_random_methods_record_their_seed_and_merge_reproducibly(scored_pair, tm
     assert run_cli("merge", str(recipe), "--out", str(tmp_path / "m9"), "--seed", "8") == 0
     other = _tensors(tmp_path / "m9")
     assert any(not torch.equal(one[k], other[k]) for k in one)
+
+
+def test_card_ranks_by_the_score_that_drove_the_weights(scored_pair, tmp_path):
+    """--score mean is not stored in the scores file: the card computes it; a control is said to be one."""
+    from mechmerge.merge.card import render_card
+    from mechmerge.recipe.build import RecipeOptions, make_recipe
+
+    d, scores = scored_pair
+    data = json.loads(scores.read_text())
+    for key, column in (("mean", "| unit | mean |"), ("random", "driven by the `random` control")):
+        r = make_recipe(RecipeOptions(scores=str(scores), out="", strategy="share", score=key, calibrate=False,
+                                      progress=False), write=False)
+        card = render_card("m", r.text, r.config, data)
+        assert column in card and "`model.layers.1.mlp.down_proj`" in card, card
+        row = next(line for line in card.splitlines() if line.startswith("| `model.layers.1.mlp.down_proj`"))
+        assert row.rstrip(" |").split("|")[-1].strip() != ""  # the merge weight is shown

@@ -67,3 +67,15 @@ def test_head_recipe_refuses_calibration_and_existing_derived_dirs(head_scores, 
         make_recipe(RecipeOptions(scores=str(head_scores), out=str(tmp_path / "b.yaml"), strategy="topk",
                                   progress=False))
     assert (tmp_path / "b.experts" / "a" / "x").read_text() == "keep me" and not (tmp_path / "b.yaml").exists()
+
+
+def test_the_card_of_a_head_merge_explains_each_expert(head_scores, tmp_path):
+    """Head recipes list the derived experts, not the scored ones: the card still finds each."""
+    from mechmerge.merge.card import render_card
+
+    out = tmp_path / "r.yaml"
+    make_recipe(RecipeOptions(scores=str(head_scores), out=str(out), strategy="topk",
+                              param={"k": "3", "background": "0.0"}, progress=False))
+    text = out.read_text()
+    card = render_card("m", text, yaml.safe_load(text), json.loads(head_scores.read_text()))
+    assert "### a" in card and "### b" in card and ".heads." in card
