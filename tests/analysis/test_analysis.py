@@ -62,7 +62,15 @@ def test_conflict_matrix(scored_pair, tmp_path):
     pair = c["static"]["pairs"]["a"]["b"]
     # both experts were trained on layers.1.mlp.down_proj: it is their only shared top unit
     assert pair["shared"] == ["model.layers.1.mlp.down_proj"] and pair["overlap"] == 0.5
-    assert 0.0 <= pair["conflict"] <= 0.5
+    # the static conflict is the overlap times the share of shared units whose task vectors point
+    # apart: the cosine of (a - base) and (b - base) on the shared unit, from the weight files
+    from safetensors.torch import load_file
+
+    name = "model.layers.1.mlp.down_proj.weight"
+    w = {m: load_file(str(d / m / "model.safetensors"))[name].double().flatten() for m in ("base", "a", "b")}
+    ta, tb = w["a"] - w["base"], w["b"] - w["base"]
+    cos = float(ta @ tb / (ta.norm() * tb.norm()))
+    assert pair["conflict"] == (0.5 if cos <= 0 else 0.0) and pair["disagree"] == ([pair["shared"][0]] if cos <= 0 else [])
     causal = c["causal"]
     assert causal["a"]["a"]["drop"] == pytest.approx(1.0, abs=1e-6)  # an expert's own planted set is all of it
     assert causal["b"]["b"]["drop"] == pytest.approx(1.0, abs=1e-6)
@@ -94,7 +102,9 @@ def test_agree(scored_pair, tmp_path):
     other.write_text(json.dumps(data))
     assert run("agree", ref, other, "--top-k", "3", "--out", tmp_path / "agree.json") == 0
     r = json.loads((tmp_path / "agree.json").read_text())["experts"]
-    assert r["a"]["patch_in"]["top_k_overlap"] == 2 and 0 < r["a"]["patch_in"]["spearman"] < 0.99
+    # one unit moved from rank n-1 to 0, the others up by one: sum d^2 = n(n-1), rho = 1 - 6/(n+1)
+    assert r["a"]["patch_in"]["top_k_overlap"] == 2
+    assert r["a"]["patch_in"]["spearman"] == pytest.approx(1 - 6 / (len(mods) + 1), abs=1e-9)
     assert r["a"]["patch_in"]["max_abs_diff"] == len(mods)
     assert r["a"]["knockout"]["top_k_overlap"] == 3 and r["a"]["knockout"]["spearman"] == pytest.approx(1.0)
     assert r["b"]["patch_in"]["max_abs_diff"] == 0.0 and r["b"]["patch_in"]["units"] == len(mods)

@@ -47,10 +47,27 @@ def test_kill_and_resume_gives_the_uninterrupted_result(job, tmp_path):
     assert not out.exists()  # nothing that looks finished
     done = journal.read_text().count("\n") - 1
     assert done > 0
+    lines = journal.read_text().splitlines(keepends=True)
     r = _score(args, out, ["--resume"])
     assert r.returncode == 0, r.stderr
     assert out.read_bytes() == ref.read_bytes()
     assert not journal.exists()
+
+    # the resumed run really used the journal: one finished measurement altered there shows up in
+    # exactly that unit's score (a run that recomputed everything would give the reference again)
+    import json
+
+    i, rec = next((i, json.loads(line)) for i, line in enumerate(lines[1:], 1)
+                  if line.endswith("\n") and json.loads(line)["p"] == "patch_in")
+    rec["lp"] += 1.0
+    lines[i] = json.dumps(rec) + "\n"
+    altered = tmp_path / "altered.json"
+    (tmp_path / "altered.json.journal").write_text("".join(lines))
+    assert _score(args, altered, ["--resume"]).returncode == 0
+    a, b = json.loads(ref.read_text()), json.loads(altered.read_text())
+    changed = [u for u, s in b["experts"]["x"]["modules"].items()
+               if s["patch_in"] != a["experts"]["x"]["modules"][u]["patch_in"]]
+    assert changed == [rec["u"]]
 
 
 def test_resume_refuses_a_journal_of_other_inputs(job, tmp_path):
