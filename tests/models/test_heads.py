@@ -67,3 +67,57 @@ def test_head_scores_record_the_grouping(scored_pair, tmp_path, capsys):
     assert heads["query_heads"] == cfg["num_attention_heads"]
     assert heads["kv_heads"] == cfg.get("num_key_value_heads", cfg["num_attention_heads"])
     assert heads["note"] in capsys.readouterr().err
+
+
+def test_a_head_unit_moves_only_its_own_heads(family_base):
+    """Checked in the running model, not against the slices themselves: perturbing a head unit's
+    q/k/v slices changes the attention output (the input of the output projection) in exactly
+    that group's heads, and its output-projection slice is exactly those heads' columns."""
+    from transformers import AutoModelForCausalLM
+
+    from mechmerge.models.units import head_groups
+
+    fam, base = family_base
+    ck = Checkpoint.open(str(base))
+    units = {int(u.name.rsplit(".", 1)[1]): u for u in discover_units(param_order(ck), ck.family, ck.num_layers,
+                                                                      "head", ck.config)
+             if ".heads." in u.name and u.layer == 0}
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).eval()
+    params = dict(model.named_parameters())
+    o_proj = next(m for n, m in model.named_modules() if n.endswith(("layers.0.self_attn.o_proj", "h.0.attn.c_proj")))
+    o_weight = next(n for n, p in params.items() if p is o_proj.weight)
+    seen = []
+    o_proj.register_forward_hook(lambda mod, args, out: seen.append(args[0].detach().clone()))
+    ids = torch.tensor([[1, 5, 9, 2, 7, 3, 8]])
+
+    def heads_input():
+        seen.clear()
+        with torch.no_grad():
+            model(input_ids=ids)
+        return seen[0][0]
+
+    ref = heads_input()
+    n_q, n_kv, per = head_groups(ck.config)
+    hd = ref.shape[-1] // n_q
+    assert sorted(units) == list(range(n_kv))
+    g = torch.Generator().manual_seed(0)
+    for k, unit in units.items():
+        want = torch.zeros(ref.shape[-1], dtype=torch.bool)
+        want[k * per * hd:(k + 1) * per * hd] = True
+        saved = {s.tensor: params[s.tensor].detach().clone() for s in unit.slices}
+        with torch.no_grad():
+            for s in unit.slices:
+                if s.tensor != o_weight and not s.tensor.startswith(o_weight.rsplit(".", 1)[0]):
+                    view = params[s.tensor][s.index()]
+                    view += 0.5 * torch.randn(view.shape, generator=g)
+        moved = (heads_input() - ref).abs().amax(0) > 1e-6
+        assert torch.equal(moved, want), f"{fam} head unit {k}: moved columns {moved.nonzero().flatten().tolist()}"
+        o_slices = [s for s in unit.slices if s.tensor == o_weight]
+        assert len(o_slices) == 1
+        mark = torch.zeros(params[o_weight].shape, dtype=torch.bool)
+        mark[o_slices[0].index()] = True
+        in_dim = 0 if fam == "gpt2" else 1  # the heads' dimension of the projection (Conv1D is [in, out])
+        assert torch.equal(mark.any(dim=1 - in_dim), want), f"{fam} head unit {k}: o columns"
+        with torch.no_grad():
+            for name, t in saved.items():
+                params[name].copy_(t)
