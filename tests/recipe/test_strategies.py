@@ -53,3 +53,32 @@ def test_conflict_keeps_agreeing_claimants_and_gives_a_disagreement_to_the_stron
 def test_unknown_parameter_is_refused_with_a_suggestion():
     with pytest.raises(UserError, match="did you mean 'k'|parameters: k"):
         get("topk")(view(), kk=2)
+
+
+def test_share_splits_each_unit_by_positive_score_and_mix_interpolates_to_uniform():
+    share = get("share")(view(), scale=2.0)
+    # unit 0: a only (3 vs 0); unit 1: 1 vs 2; unit 2: b only; unit 3: nobody above 0 -> even split
+    np.testing.assert_allclose(share, 2.0 * np.array([[1.0, 1 / 3, 0.0, 0.5], [0.0, 2 / 3, 1.0, 0.5]]))
+    mix = get("mix")(view(), scale=2.0, alpha=0.25)
+    np.testing.assert_allclose(mix, 0.75 * 2.0 + 0.25 * share)
+    np.testing.assert_allclose(get("mix")(view(), alpha=0.0), np.ones((2, 4)))  # alpha 0: task arithmetic
+
+
+def test_calibration_scorer_reads_zero_on_the_base_and_one_on_the_expert(scored_pair):
+    """The measure calibration ranks candidates by, at its two ends."""
+    import json
+
+    from mechmerge.models.checkpoint import Checkpoint
+    from mechmerge.recipe.calibrate import ProbeScorer
+
+    d, scores = scored_pair
+    data = json.loads(scores.read_text())
+    scorer = ProbeScorer(data, ["a"], "cpu")
+    base = scorer.measure()["a"]
+    assert abs(base["recovery"]) < 1e-6
+    a = Checkpoint.open(data["experts"]["a"]["model"])
+    scorer.load({n: a.get(n) for n in a.tensors})
+    expert = scorer.measure()["a"]
+    assert expert["recovery"] == pytest.approx(1.0, abs=1e-6)
+    assert expert["token_accuracy"] > base["token_accuracy"]  # the planted expert learned its probes
+    assert expert["sequence_accuracy"] >= base["sequence_accuracy"]
