@@ -101,6 +101,20 @@ def test_every_method_writes_a_valid_recipe(scored_pair, tmp_path, method, extra
                    "--method", method, *extra) == 0
     cfg = yaml.safe_load(recipe.read_text())
     assert cfg["merge_method"] == method
+    given = {k: float(v) for k, v in (e.split("=") for e in extra[1::2])}
+    experts = [m for m in cfg["models"] if m["model"] in (str(d / "a"), str(d / "b"))]
+    assert len(experts) == 2
+    for m in experts:  # per-model parameters where mergekit reads them, with the values given
+        assert {k: m["parameters"][k] for k in given} == given
+    # and mergekit runs it: every tensor finite, the shape of the base's
+    from mechmerge.merge.engine import merge_in_memory
+    from mechmerge.models.checkpoint import Checkpoint
+
+    base = Checkpoint.open(str(d / "base"))
+    merged = merge_in_memory(cfg)
+    assert set(merged) >= set(base.tensors) - {"lm_head.weight"}
+    assert all(torch.isfinite(t).all() and tuple(t.shape) == tuple(base.tensors[n].shape) for n, t in merged.items()
+               if n in base.tensors)
 
 
 def test_recipe_refuses_unknown_names(scored_pair, tmp_path, capsys):
