@@ -33,3 +33,40 @@ def test_eval_cli_json(scored_pair, tmp_path):
         assert 0.0 <= t["accuracy"] <= 1.0 and t["logprob"] < 0
     # expert a is more confident on its own task than expert b's task ... relative to its base
     assert data["tasks"]["a"]["logprob"] > json.loads(scores.read_text())["experts"]["a"]["baseline"]["base"]
+
+
+def test_eval_accuracy_matches_a_hand_written_greedy_loop(scored_pair, tmp_path):
+    """Accuracy against greedy decoding written out step by step (one prompt at a time, argmax,
+    stop at EOS): no batching, no left padding, no `generate`. The prefix metric, since the
+    planted expert never learned to stop."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    d, scores = scored_pair
+    out = tmp_path / "ev.json"
+    with pytest.raises(SystemExit) as e:
+        main(["eval", str(d / "a"), "--probes", f"a={d / 'a.jsonl'}", "--metric", "a=prefix", "--json", str(out),
+              "--max-new-tokens", "6", "--batch-size", "4", "--no-progress"])
+    assert e.value.code == 0
+    t = json.loads(out.read_text())["tasks"]["a"]
+    model = AutoModelForCausalLM.from_pretrained(d / "a", dtype=torch.float32).eval()
+    tok = AutoTokenizer.from_pretrained(d / "a")
+    eos = {tok.eos_token_id, *np.atleast_1d(model.generation_config.eos_token_id or []).tolist()} - {None}
+    hits = 0
+    probes = [json.loads(line) for line in open(d / "a.jsonl")]
+    for p in probes:
+        ids = tok(p["prompt"], add_special_tokens=True)["input_ids"]
+        new = []
+        with torch.no_grad():
+            for _ in range(6):
+                nxt = int(model(input_ids=torch.tensor([ids + new])).logits[0, -1].argmax())
+                if nxt in eos:
+                    break
+                new.append(nxt)
+        hits += tok.decode(new).strip().startswith(p["response"].strip())
+    assert t["n"] == len(probes) and t["accuracy"] == pytest.approx(hits / len(probes), abs=1e-9)
+    assert 0 < hits  # the planted expert answers some of its probes
+    # the confidence quartiles partition the probes: their accuracies, weighted by size, give the total
+    sizes = np.bincount(np.arange(len(probes)) * 4 // len(probes), minlength=4)
+    qs = [t["quartiles"][q] for q in ("Q1", "Q2", "Q3", "Q4")]
+    assert sum(a * n for a, n in zip(qs, sizes) if a is not None) == pytest.approx(t["accuracy"] * len(probes))
