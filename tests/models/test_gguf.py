@@ -23,7 +23,8 @@ CHATML = (
     "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
-QUANTIZED = {"blk.0.ffn_up.weight": "Q8_0", "blk.1.attn_v.weight": "Q4_0"}  # the rest stays F32
+QUANTIZED = {"blk.0.ffn_up.weight": "Q8_0", "blk.1.attn_v.weight": "Q4_0",  # the rest stays F32
+             "blk.1.ffn_down.weight": "Q4_1"}  # SmolLM2-135M-Instruct ships as Q4_1
 
 
 def byte_vocab() -> list[str]:
@@ -161,7 +162,7 @@ def test_import_reproduces_tensors_and_logits(tiny_gguf):
     assert set(saved) == set(expected)
     for name, t in expected.items():
         assert saved[name].dtype == torch.float32
-        assert torch.equal(saved[name], t), name  # exact: q/k un-permuted, Q8_0/Q4_0 dequantized
+        assert torch.equal(saved[name], t), name  # exact: q/k un-permuted, Q8_0/Q4_0/Q4_1 dequantized
 
     tok = AutoTokenizer.from_pretrained(out)
     assert tok.chat_template == CHATML
@@ -175,7 +176,7 @@ def test_import_reproduces_tensors_and_logits(tiny_gguf):
 
     assert record["verify"]["max_abs_logit_diff"] == 0.0
     assert record["verify"]["mergekit"]["tensors_equal"] == len(expected)
-    assert record["source"]["tensor_types"] == {"F32": len(expected) - 2, "Q4_0": 1, "Q8_0": 1}
+    assert record["source"]["tensor_types"] == {"F32": len(expected) - 3, "Q4_0": 1, "Q4_1": 1, "Q8_0": 1}
     assert json.loads((out / G.RECORD).read_text())["chat_template"] == "gguf"
     gen = json.loads((out / "generation_config.json").read_text())
     assert gen["eos_token_id"] == 2 and gen["pad_token_id"] == 2
