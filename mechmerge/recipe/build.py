@@ -89,6 +89,14 @@ def unit_tensor_map(data: Dict[str, Any]) -> Tuple[List[str], Dict[str, List[str
     return [u.name for u in units], {u.name: list(u.tensors) for u in units}, list(base.tensors)
 
 
+def _half_dtype(base: str) -> Optional[str]:
+    """The base's dtype when it is 16-bit: the merge is computed in float32 (the recipe's dtype)
+    and written back in the base's, instead of a float32 model twice the size of its inputs."""
+    cfg = Checkpoint.open(base, "base").config
+    dtype = cfg.get("dtype") or cfg.get("torch_dtype")
+    return dtype if dtype in ("bfloat16", "float16") else None
+
+
 # mergekit methods whose `normalize` defaults to True (mergekit/merge_methods/registry.py)
 NORMALIZING_METHODS = ("ties", "della")
 # mergekit methods that draw random masks
@@ -142,15 +150,17 @@ def make_recipe(opts: RecipeOptions, data: Optional[Dict[str, Any]] = None, writ
         # which undoes per-unit weights (a unit only one expert touches comes out at 1 whatever its
         # weight): keep B + sum_e w_e (E_e - B) unless the user asks for mergekit's normalisation
         shared.setdefault("normalize", False)
+    out_dtype = _half_dtype(data["base"])
     if data["granularity"] == "head":
-        return _head_recipe(opts, data, strat, view, user_params, key, per_model, shared, write)
+        return _head_recipe(opts, data, strat, view, user_params, key, per_model, shared, write, out_dtype)
     units, unit_tensors, tensors = unit_tensor_map(data)
     experts = {e: data["experts"][e]["model"] for e in view.experts}
 
     def config_for(params: Dict[str, Any]) -> Tuple[Dict[str, Any], np.ndarray]:
         w = strat(view, **params)
         cfg = build_config(method=opts.method, base=data["base"], experts=experts, units=units,
-                           unit_tensors=unit_tensors, weights=w, per_model_params=per_model, shared_params=shared)
+                           unit_tensors=unit_tensors, weights=w, per_model_params=per_model, shared_params=shared,
+                           out_dtype=out_dtype)
         return cfg, w
 
     from .calibrate import OBJECTIVES
@@ -177,7 +187,7 @@ def make_recipe(opts: RecipeOptions, data: Optional[Dict[str, Any]] = None, writ
 
 
 def _head_recipe(opts: RecipeOptions, data: Dict[str, Any], strat, view: ScoreView, params: Dict[str, Any], key: str,
-                 per_model: Dict[str, Any], shared: Dict[str, Any], write: bool) -> Recipe:
+                 per_model: Dict[str, Any], shared: Dict[str, Any], write: bool, out_dtype: Optional[str]) -> Recipe:
     """Per-head weights folded into derived experts (see heads.py); no calibration, since
     every candidate would need its own derived experts on disk."""
     from . import heads
@@ -197,7 +207,7 @@ def _head_recipe(opts: RecipeOptions, data: Dict[str, Any], strat, view: ScoreVi
     def config_for(experts: Dict[str, str]) -> Dict[str, Any]:
         return build_config(method=opts.method, base=data["base"], experts=experts, units=names,
                             unit_tensors=unit_tensors, weights=folded, per_model_params=per_model,
-                            shared_params=shared)
+                            shared_params=shared, out_dtype=out_dtype)
 
     # plan with the original experts (same architecture) before anything is written
     cfg = config_for({e: data["experts"][e]["model"] for e in view.experts})

@@ -259,3 +259,24 @@ def test_card_ranks_by_the_score_that_drove_the_weights(scored_pair, tmp_path):
         assert column in card and "`model.layers.1.mlp.down_proj`" in card, card
         row = next(line for line in card.splitlines() if line.startswith("| `model.layers.1.mlp.down_proj`"))
         assert row.rstrip(" |").split("|")[-1].strip() != ""  # the merge weight is shown
+
+
+def test_a_16_bit_base_gives_a_16_bit_merge(scored_pair, tmp_path):
+    """The arithmetic runs in float32 (the recipe's dtype); the model is written in the base's."""
+    d, scores = scored_pair
+    for m in ("base", "a", "b"):
+        shutil.copytree(d / m, tmp_path / m)
+    cfg = json.loads((tmp_path / "base" / "config.json").read_text())
+    (tmp_path / "base" / "config.json").write_text(json.dumps({**cfg, "dtype": "bfloat16"}))
+    data = json.loads(scores.read_text())
+    data["base"] = str(tmp_path / "base")
+    for m in ("a", "b"):
+        data["experts"][m]["model"] = str(tmp_path / m)
+    moved = tmp_path / "scores.json"
+    moved.write_text(json.dumps(data))
+    recipe = tmp_path / "r.yaml"
+    assert run_cli("recipe", str(moved), "--out", str(recipe), "--no-calibrate") == 0
+    r = yaml.safe_load(recipe.read_text())
+    assert r["dtype"] == "float32" and r["out_dtype"] == "bfloat16"
+    assert run_cli("merge", str(recipe), "--out", str(tmp_path / "m")) == 0
+    assert {t.dtype for t in _tensors(tmp_path / "m").values()} == {torch.bfloat16}
