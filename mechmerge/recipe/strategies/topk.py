@@ -8,8 +8,9 @@ from .share import shares, top_units
 @strategy("topk", grid={"k": [4, 8, 16, 32], "background": [0.0, 0.25, 0.5]}, bounds={"k": (1, None)})
 def topk(view: ScoreView, *, k: int = 8, background: float = 0.25, scale: float = 1.0, power: float = 1.0) -> np.ndarray:
     """Each expert owns its top-k units (by score) at full `scale`; all other units at
-    `background * scale`. A unit in several experts' top-k is split between them in
-    proportion to their scores (conflict), so the unit's total stays `scale`."""
+    `background * scale`. A unit in several experts' top-k is split between its claimants in
+    proportion to their scores, so the claimants' total stays `scale` (experts that do not
+    claim it still add their background)."""
     m = view.matrix()
     n_e = m.shape[0]
     top = top_units(m, k)
