@@ -81,6 +81,13 @@ def measure_expert(setup, name: str, journal, bar) -> Optional[ExpertResult]:
     bar.advance(2)
     L = base.num_layers
     layer = opts.anchor_layer if opts.anchor_layer is not None else engine.choose_anchor_layer(b_stats, e_stats, L)
+    # the journal's anchor sums were measured at one layer: a resumed run keeps it even if the
+    # argmax over recomputed baselines would now tip to another (a near tie, another device)
+    kept = journal.get(name, "anchor_layer", "", 0)
+    if kept is not None:
+        layer = int(kept.lp_sum)
+    else:
+        journal.add(name, "anchor_layer", "", 0, engine.Measurement(float(layer), 0, None))
     anchor = engine.Anchor.between(b_stats, e_stats, layer)
     same = {u.name: identical(base, expert, u) for u in setup.units}
     todo = [u for u in setup.units if not same[u.name]]

@@ -46,3 +46,28 @@ def test_fingerprint_sees_what_changes_the_tokens_or_the_computation(tmp_path):
     assert fingerprint(opts, [model], layer) != second
     third = fingerprint(opts, [model], layer)
     assert fingerprint(opts, [model], layer.to(torch.float64)) != third  # computed in another dtype
+
+
+def test_a_resumed_run_keeps_the_anchor_layer_its_journal_was_measured_at(scored_pair, tmp_path, monkeypatch):
+    import pytest
+
+    from mechmerge.patching import engine
+    from mechmerge.patching.score import score
+
+    d, scores = scored_pair
+    data = json.loads(scores.read_text())
+    opts = dict(base=data["base"], experts={"a": data["experts"]["a"]["model"]},
+                probes={"a": data["experts"]["a"]["probes"]}, out=str(tmp_path / "s.json"), progress=False)
+    first = data["experts"]["a"]["baseline"]["anchor_layer"]
+
+    def killed(*a, **k):
+        raise RuntimeError("killed after the baselines")
+
+    with monkeypatch.context() as m:
+        m.setattr(engine, "group_batches", killed)
+        with pytest.raises(RuntimeError, match="killed"):
+            score(ScoreOptions(**opts))
+    # the resumed run's own choice would now be another layer: the journal's is kept
+    monkeypatch.setattr(engine, "choose_anchor_layer", lambda b, e, L: (first + 1) % L)
+    out = score(ScoreOptions(**opts, resume=True))
+    assert out["experts"]["a"]["baseline"]["anchor_layer"] == first
