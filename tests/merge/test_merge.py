@@ -280,3 +280,15 @@ def test_a_16_bit_base_gives_a_16_bit_merge(scored_pair, tmp_path):
     assert r["dtype"] == "float32" and r["out_dtype"] == "bfloat16"
     assert run_cli("merge", str(recipe), "--out", str(tmp_path / "m")) == 0
     assert {t.dtype for t in _tensors(tmp_path / "m").values()} == {torch.bfloat16}
+
+
+def test_the_card_carries_the_evaluation_it_is_given(scored_pair, tmp_path):
+    d, scores = scored_pair
+    recipe = tmp_path / "r.yaml"
+    assert run_cli("recipe", str(scores), "--out", str(recipe), "--no-calibrate") == 0
+    ev = {"model": "m", "tasks": {"a": {"accuracy": 0.625, "logprob": -1.25, "n": 8,
+                                         "quartiles": {"Q1": 0.5, "Q2": None, "Q3": 1.0, "Q4": 0.5}}}}
+    (tmp_path / "ev.json").write_text(json.dumps(ev))
+    assert run_cli("merge", str(recipe), "--out", str(tmp_path / "m"), "--eval", str(tmp_path / "ev.json")) == 0
+    card = (tmp_path / "m" / "README.md").read_text()
+    assert "## Evaluation" in card and "| a | 0.625 | -1.2500 | 8 | 0.500 | – | 1.000 | 0.500 |" in card

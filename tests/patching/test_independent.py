@@ -75,3 +75,28 @@ def test_probe_grouping_does_not_change_the_scores(scored_pair, tmp_path):
         for u, s in e["modules"].items():
             for k in ("patch_in", "knockout", "anchor"):
                 assert other["experts"][n]["modules"][u][k] == pytest.approx(s[k], abs=1e-7), (n, u, k)
+
+
+def test_one_direction_and_whole_layers(scored_pair, tmp_path):
+    """--direction patch_in measures only that; --granularity layer scores whole blocks, and a block
+    holding a planted module scores what patching all its tensors gives (checked by hand above)."""
+    from mechmerge.patching.score import ScoreOptions, score
+
+    d, scores = scored_pair
+    data = json.loads(scores.read_text())
+    e = data["experts"]["a"]
+    kw = dict(base=data["base"], experts={"a": e["model"]}, probes={"a": e["probes"]}, progress=False)
+    one = score(ScoreOptions(**kw, out=str(tmp_path / "p.json"), direction="patch_in"))
+    mods = one["experts"]["a"]["modules"]
+    assert all(s["knockout"] is None for s in mods.values())
+    assert mods["model.layers.1.mlp.down_proj"]["patch_in"] == pytest.approx(
+        e["modules"]["model.layers.1.mlp.down_proj"]["patch_in"], abs=1e-9)
+    layers = score(ScoreOptions(**kw, out=str(tmp_path / "l.json"), granularity="layer"))
+    units = layers["experts"]["a"]["modules"]
+    assert {"model.layers.0", "model.layers.1", "model.layers.2"} <= set(units)
+    pairs = [(json.loads(line)["prompt"], json.loads(line)["response"]) for line in open(e["probes"])]
+    tok = AutoTokenizer.from_pretrained(data["base"])
+    m_b, m_e = e["baseline"]["base"], e["baseline"]["expert"]
+    patched = mean_logprob(with_unit(data["base"], e["model"], "model.layers.1"), tok, pairs)
+    assert units["model.layers.1"]["patch_in"] == pytest.approx((patched - m_b) / (m_e - m_b), abs=1e-5)
+    assert units["model.layers.2"]["identical"]  # a never trained block 2

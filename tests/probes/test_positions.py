@@ -30,3 +30,15 @@ def test_a_chat_probe_with_nothing_before_the_answer_is_refused(tok, tmp_path):
     tok.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
     with pytest.raises(UserError, match="p.jsonl:3: nothing precedes the response"):
         tokenize_all([silent], tok, None, "p.jsonl")
+
+
+def test_a_chat_probe_scores_exactly_the_assistant_turn(tok):
+    """The prompt is the template up to the generation prompt; the response tokens are what the
+    template renders for the assistant's message after it."""
+    tok.chat_template = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}</s>{% endfor %}"
+                         "{% if add_generation_prompt %}<assistant>{% endif %}")
+    [t] = tokenize_all([Probe(messages=(("user", "rev abc="), ("assistant", "cba")), response="cba")], tok, None)
+    prompt = tok.decode(t.ids[:t.response_start])
+    response = tok.decode(t.ids[t.response_start:])
+    assert prompt.replace(" ", "").endswith("<assistant>") and "revabc=" in prompt.replace(" ", "")
+    assert response.replace(" ", "").startswith("cba") and "rev" not in response
