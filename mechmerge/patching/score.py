@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -224,6 +225,10 @@ def assemble(setup: Setup, results: Dict[str, ExpertResult]) -> Dict[str, Any]:
     experts = {}
     for name, r in results.items():
         m_b, m_e = r.base.m, r.expert.m
+        if not (math.isfinite(m_b) and math.isfinite(m_e)):
+            raise UserError(f"expert {name!r}: the {'base' if not math.isfinite(m_b) else 'expert'}'s log-probability "
+                            f"of the probes is not finite (overflow in {opts.dtype} arithmetic?); score with "
+                            "--dtype float32")
         gap = m_e - m_b
         a_b, a_e = r.a_base, r.a_expert
         reliable = gap > opts.min_gap
@@ -250,6 +255,11 @@ def assemble(setup: Setup, results: Dict[str, ExpertResult]) -> Dict[str, Any]:
                         entry["anchor"] = 0.0
                     continue
                 dm, da, method = r.deltas[phase][u.name]
+                if not math.isfinite(dm) or (da is not None and not math.isfinite(da)):
+                    # the weights were checked finite: this is an overflow in the compute dtype
+                    raise UserError(f"expert {name!r}, unit {u.name} ({phase}): the patched model's "
+                                    f"log-probability is not finite (overflow in {opts.dtype} arithmetic?); "
+                                    "score with --dtype float32")
                 entry[phase] = engine.safe_ratio(dm, gap)
                 entry["method"] = method
                 if phase == "patch_in" and below and da is not None:

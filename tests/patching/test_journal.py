@@ -71,3 +71,25 @@ def test_a_resumed_run_keeps_the_anchor_layer_its_journal_was_measured_at(scored
     monkeypatch.setattr(engine, "choose_anchor_layer", lambda b, e, L: (first + 1) % L)
     out = score(ScoreOptions(**opts, resume=True))
     assert out["experts"]["a"]["baseline"]["anchor_layer"] == first
+
+
+def test_an_overflowing_compute_dtype_is_an_error_not_a_zero_score(tmp_path):
+    """Finite weights whose activations overflow float16: the scores would be NaN, which used to
+    become 0.0 without a word."""
+    import pytest
+    from helpers import make_model, noisy_expert, write_probes
+    from safetensors.torch import load_file, save_file
+
+    from mechmerge.errors import UserError
+    from mechmerge.patching.score import score
+
+    base = make_model("llama", tmp_path / "base", seed=1, layers=2)
+    f = base / "model.safetensors"
+    sd = load_file(str(f))
+    sd["model.embed_tokens.weight"] = sd["model.embed_tokens.weight"] * 1e8  # float16 ends at 65504
+    save_file(sd, str(f), metadata={"format": "pt"})
+    expert = noisy_expert(base, tmp_path / "e", seed=2)
+    probes = write_probes(tmp_path / "p.jsonl", [("rev ab=", "ba"), ("rev cd=", "dc")])
+    with pytest.raises(UserError, match="not finite .*--dtype float32"):
+        score(ScoreOptions(base=str(base), experts={"x": str(expert)}, probes={"x": str(probes)},
+                           out=str(tmp_path / "s.json"), dtype="float16", progress=False))
