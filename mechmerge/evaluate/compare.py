@@ -302,7 +302,7 @@ def build_harness(opts: CompareOptions) -> Harness:
     scores = read_scores(scores_path)
     dev = resolve_device(opts.device)
     base = Checkpoint.open(suite.base, "base")
-    tok = load_tokenizer([base])
+    tok = load_tokenizer([base, *(Checkpoint.open(p, n) for n, p in suite.experts.items())])
     quality = suite.quality.get("test", {})
     metrics = {**suite.metrics, **{t: "logprob" for t in quality}}
     mkw = dict(batch_size=opts.batch_size, max_new_tokens=suite.max_new_tokens, device=dev)

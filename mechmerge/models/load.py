@@ -155,11 +155,22 @@ def load_tokenizer(ckpts: Sequence[Checkpoint], trust_remote_code: bool = False)
     quiet_transformers()
     from transformers import AutoTokenizer
 
-    for ckpt in ckpts:
-        has_tok = any((ckpt.path / f).is_file() for f in ("tokenizer.json", "tokenizer.model", "vocab.json"))
-        if has_tok:
-            return AutoTokenizer.from_pretrained(ckpt.path, local_files_only=True, trust_remote_code=trust_remote_code)
-    raise UserError(f"no tokenizer found in {str(ckpts[0].path)!r} (or the experts); save one with the model")
+    def has_tok(ckpt: Checkpoint) -> bool:
+        return any((ckpt.path / f).is_file() for f in ("tokenizer.json", "tokenizer.model", "vocab.json"))
+
+    found = [c for c in ckpts if has_tok(c)]
+    if not found:
+        raise UserError(f"no tokenizer found in {str(ckpts[0].path)!r} (or the experts); save one with the model")
+    tok = AutoTokenizer.from_pretrained(found[0].path, local_files_only=True, trust_remote_code=trust_remote_code)
+    if not getattr(tok, "chat_template", None):
+        # a pretrained base without a chat template, its instruction-tuned experts with one: chat
+        # probes use the experts' template (the vocabularies agree: check_compatible compares them)
+        for c in found[1:]:
+            other = AutoTokenizer.from_pretrained(c.path, local_files_only=True, trust_remote_code=trust_remote_code)
+            if getattr(other, "chat_template", None):
+                tok.chat_template = other.chat_template
+                break
+    return tok
 
 
 def params_by_name(model: torch.nn.Module) -> Dict[str, torch.nn.Parameter]:

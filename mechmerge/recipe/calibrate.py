@@ -42,7 +42,7 @@ class ProbeScorer:
         self.model = load_model(base, dev, resolve_dtype(data["options"].get("dtype", "auto"), dev))
         self.runner = LayerRunner(self.model, base.family)
         self.params = params_by_name(self.model)
-        tok = load_tokenizer([base])
+        tok = load_tokenizer([base, *(Checkpoint.open(data["experts"][e]["model"], e) for e in experts)])
         opts = data["options"]
         self.batches = {}
         for e in experts:

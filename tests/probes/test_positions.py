@@ -42,3 +42,32 @@ def test_a_chat_probe_scores_exactly_the_assistant_turn(tok):
     response = tok.decode(t.ids[t.response_start:])
     assert prompt.replace(" ", "").endswith("<assistant>") and "revabc=" in prompt.replace(" ", "")
     assert response.replace(" ", "").startswith("cba") and "rev" not in response
+
+
+def test_a_base_without_a_chat_template_borrows_its_experts(tmp_path):
+    """A pretrained base and its instruction-tuned experts: chat probes use the experts' template."""
+    import shutil
+
+    from mechmerge.models.checkpoint import Checkpoint
+    from mechmerge.models.load import load_tokenizer
+
+    base, expert = tmp_path / "base", tmp_path / "expert"
+    for d in (base, expert):
+        shutil.copytree(zoo.base("alpha"), d)
+    t = AutoTokenizer.from_pretrained(str(base))
+    t.chat_template = None
+    for f in ("chat_template.jinja", "chat_template.json"):
+        (base / f).unlink(missing_ok=True)
+    cfg = base / "tokenizer_config.json"
+    import json
+
+    c = json.loads(cfg.read_text())
+    c.pop("chat_template", None)
+    cfg.write_text(json.dumps(c))
+    t = AutoTokenizer.from_pretrained(str(expert))
+    t.chat_template = "{% for m in messages %}[{{ m['content'] }}]{% endfor %}"
+    t.save_pretrained(str(expert))
+    assert not AutoTokenizer.from_pretrained(str(base)).chat_template
+    tok = load_tokenizer([Checkpoint.open(str(base)), Checkpoint.open(str(expert))])
+    assert tok.chat_template == t.chat_template
+    assert load_tokenizer([Checkpoint.open(str(base))]).chat_template in (None, "")
