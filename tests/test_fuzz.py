@@ -30,9 +30,15 @@ def test_any_probe_line_parses_or_is_refused(line):
 @given(st.dictionaries(st.sampled_from(["prompt", "response", "messages", "x"]), json_values, max_size=4))
 def test_any_json_object_parses_or_is_refused(obj):
     try:
-        parse_probe_line(json.dumps(obj), "f:1")
+        p = parse_probe_line(json.dumps(obj), "f:1")
     except UserError:
-        pass
+        return
+    # what parses is exactly what was written: a chat with the assistant's answer last, or the pair
+    if "messages" in obj:
+        assert p.messages == tuple((m["role"], m["content"]) for m in obj["messages"])
+        assert len(p.messages) >= 2 and p.messages[-1][0] == "assistant" and p.response == p.messages[-1][1]
+    else:
+        assert (p.prompt, p.response) == (obj["prompt"], obj["response"]) and p.response.strip()
 
 
 @given(st.text(), st.text(min_size=1))
@@ -69,7 +75,12 @@ def test_recipe_structures_check_or_are_refused(cfg):
         engine.check_parameter_names(cfg)
         engine.parse_config(cfg)
     except UserError:
-        pass
+        return
+    # what passes names a supported method and only parameters that method reads (mergekit would
+    # ignore a misspelt one without a word)
+    known = engine.parameter_names(cfg["merge_method"])
+    used = list(cfg.get("parameters") or {}) + [k for m in cfg.get("models") or [] for k in m.get("parameters") or {}]
+    assert cfg["merge_method"] in engine.SUPPORTED_METHODS and set(used) <= set(known)
 
 
 @settings(deadline=None, max_examples=60)
@@ -81,4 +92,4 @@ def test_recipe_text_loads_or_is_refused(tmp_path_factory, text):
         cfg = engine.load_recipe_yaml(str(p))
     except UserError:
         return
-    assert isinstance(cfg, dict) and cfg == yaml.safe_load(text)
+    assert isinstance(cfg, dict) and "merge_method" in cfg and cfg == yaml.safe_load(text)
