@@ -15,21 +15,23 @@ import click
 
 from ..errors import UserError
 
-# command name -> "module:function" (relative to mechmerge.cli)
+# command name -> ("module:function" relative to mechmerge.cli, the line `mechmerge --help` shows).
+# The line is kept here because listing it from the command itself imports the command's module,
+# and with it torch (2 s before any help appears); tests check each entry resolves to its command.
 COMMANDS = {
-    "score": "score:score",
-    "recipe": "recipe:recipe",
-    "merge": "merge:merge",
-    "eval": "evaluate:evaluate",
-    "compare": "compare:compare",
-    "publish": "publish:publish",
-    "plot": "plot:plot",
-    "track": "track:track",
-    "conflict": "conflict:conflict",
-    "agree": "agree:agree",
-    "zoo": "zoo:zoo",
-    "demo": "demo:demo",
-    "import-gguf": "import_gguf:import_gguf",
+    "score": ("score:score", "Score every unit of every expert by Weight Patching."),
+    "recipe": ("recipe:recipe", "Turn a scores file into per-module merge weights (mergekit YAML)."),
+    "merge": ("merge:merge", "Merge with mergekit's engine and write a model card."),
+    "eval": ("evaluate:evaluate", "Evaluate a model: greedy accuracy, log-probability, confidence bands."),
+    "compare": ("compare:compare", "Compare guided strategies with tuned uniform merges on a suite."),
+    "publish": ("publish:publish", "Upload a merged model (weights, tokenizer, model card) to the Hub."),
+    "plot": ("plot:plot", "Draw a scores file (heatmaps, intervals) or a track file."),
+    "track": ("track:track", "Track the top units across fine-tuning checkpoints."),
+    "conflict": ("conflict:conflict", "Circuit conflict between experts: static overlap and causal drop."),
+    "agree": ("agree:agree", "How well one scores file reproduces another."),
+    "zoo": ("zoo:zoo", "Build the embedded model zoo: a base model and specialists."),
+    "demo": ("demo:demo", "Run score -> recipe -> merge -> eval on the embedded zoo."),
+    "import-gguf": ("import_gguf:import_gguf", "Import a GGUF checkpoint as a Hugging Face model directory."),
 }
 
 
@@ -39,14 +41,20 @@ class LazyGroup(click.Group):
 
     @staticmethod
     def _available(name: str) -> bool:
-        module = COMMANDS[name].split(":")[0]
+        module = COMMANDS[name][0].split(":")[0]
         return importlib.util.find_spec(f"mechmerge.cli.{module}") is not None
 
     def get_command(self, ctx, name):
         if name not in COMMANDS or not self._available(name):
             return None
-        module, attr = COMMANDS[name].split(":")
+        module, attr = COMMANDS[name][0].split(":")
         return getattr(importlib.import_module(f"mechmerge.cli.{module}"), attr)
+
+    def format_commands(self, ctx, formatter):
+        rows = [(name, COMMANDS[name][1]) for name in self.list_commands(ctx)]
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
