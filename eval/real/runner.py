@@ -122,10 +122,6 @@ def manifest_of(path: Path) -> Dict[str, Any] | None:
         return None
 
 
-def is_complete(path: Path) -> bool:
-    return manifest_of(path) is not None
-
-
 def state(ctx: Context, name: str) -> str:
     """'missing', 'stale' (a requirement was rebuilt after it) or 'complete'."""
     m = manifest_of(ctx.artifact(name))

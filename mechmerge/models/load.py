@@ -185,16 +185,3 @@ def overwrite_params(params: Dict[str, torch.nn.Parameter], tensors: Iterable[Tu
     for name, t in tensors:
         if name in params:
             params[name].data.copy_(t)
-
-
-def model_nbytes(model: torch.nn.Module) -> int:
-    seen, total = set(), 0
-    for p in model.parameters():
-        if id(p) not in seen:
-            seen.add(id(p))
-            total += p.numel() * p.element_size()
-    return total
-
-
-def first_param(model: torch.nn.Module) -> Optional[torch.Tensor]:
-    return next(model.parameters(), None)

@@ -155,12 +155,3 @@ def _head_units(unit: Unit, family: Family, config: dict, params: set) -> List[U
         parent = primary.rsplit(".", 1)[0]
         units.append(Unit(f"{block}.{parent}.heads.{g}", unit.layer, f"{parent}.heads.{g}", "attention", tuple(sl)))
     return units
-
-
-def check_unit_names(units: Sequence[Unit], wanted: Sequence[str]) -> List[Unit]:
-    """Restrict to `wanted` unit names, failing on an unknown one."""
-    by_name: Dict[str, Unit] = {u.name: u for u in units}
-    for w in wanted:
-        if w not in by_name:
-            raise unknown("unit", w, by_name)
-    return [u for u in units if u.name in set(wanted)]

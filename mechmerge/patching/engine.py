@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -259,7 +259,3 @@ def safe_ratio(num: float, den: float) -> float:
     if den == 0 or not math.isfinite(num / den):
         return 0.0
     return num / den
-
-
-def iter_names(units: Iterable[Unit]) -> List[str]:
-    return [t for u in units for t in u.tensors]

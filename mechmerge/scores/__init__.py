@@ -27,7 +27,7 @@ import hashlib
 import json
 import math
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict
 
 from ..errors import UserError
 
@@ -81,11 +81,3 @@ def validate_scores(data: Any, where: str = "scores") -> None:
 
 def scores_sha256(path: str | Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-def expert_names(data: Dict[str, Any]) -> List[str]:
-    return list(data["experts"])
-
-
-def unit_names(data: Dict[str, Any]) -> List[str]:
-    return list(data["units"])
