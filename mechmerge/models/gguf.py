@@ -149,6 +149,21 @@ def inspect_gguf(path: str | Path) -> GGUFInfo:
         raise UserError(
             f"{str(p)!r}: GGUF architecture {arch!r} is not supported; supported: {', '.join(sorted(ARCHITECTURES))}"
         )
+    # what transformers' GGUF loader would silently get wrong: it reads one file of a split
+    # checkpoint, builds a dense model for a mixture of experts (its experts' weights random),
+    # and drops rope scaling it has no mapping for (Llama 3.1 rope_freqs, Gemma 3 linear scaling)
+    split = field_str("split.count")
+    if split is not None and int(split) > 1:
+        raise UserError(f"{str(p)!r} is part 1 of a {split}-file split GGUF; merge the parts first "
+                        "(llama.cpp's `llama-gguf-split --merge`)")
+    experts = field_str(f"{arch}.expert_count")
+    if experts is not None and int(experts) > 0:
+        raise UserError(f"{str(p)!r}: a mixture of {experts} experts; mechmerge imports dense models only")
+    scaling = field_str(f"{arch}.rope.scaling.type")
+    if (scaling is not None and scaling not in ("none", "")) or any(t.name.startswith("rope_freqs")
+                                                                     for t in reader.tensors):
+        raise UserError(f"{str(p)!r}: rope scaling ({scaling or 'rope_freqs'}) that transformers' GGUF loader "
+                        "does not carry over; import the original safetensors checkpoint instead")
     types = Counter(t.tensor_type.name for t in reader.tensors)
     return GGUFInfo(p, arch, field_str("general.name") or p.stem, dict(sorted(types.items())),
                     "tokenizer.chat_template" in reader.fields)
@@ -163,8 +178,15 @@ def load_gguf(info: GGUFInfo):
     where, name = str(info.path.parent), info.path.name
     with contextlib.redirect_stderr(io.StringIO()):  # per-tensor progress bars
         tok = AutoTokenizer.from_pretrained(where, gguf_file=name, local_files_only=True)
-        model = AutoModelForCausalLM.from_pretrained(where, gguf_file=name, dtype=torch.float32,
-                                                     local_files_only=True)
+        model, loading = AutoModelForCausalLM.from_pretrained(where, gguf_file=name, dtype=torch.float32,
+                                                              local_files_only=True, output_loading_info=True)
+    # a weight the loader could not find in the file is initialised at random, and every later
+    # check would compare that random model with itself
+    missing = [k for k in loading.get("missing_keys", ()) if not (k == "lm_head.weight"
+                                                                    and model.config.tie_word_embeddings)]
+    if missing:
+        raise VerificationFailed(f"transformers found no GGUF tensor for {len(missing)} weight(s) of the model "
+                                 f"(e.g. {missing[0]}); they would be random")
     model.eval()
     if not tok.chat_template and info.arch.chat_template:
         tok.chat_template = info.arch.chat_template
@@ -233,7 +255,7 @@ def verify_inputs(tok) -> Dict[str, torch.Tensor]:
                                        add_generation_prompt=True)
         ids = tok(text, add_special_tokens=False, return_tensors="pt")
     else:
-        ids = tok(VERIFY_PROMPT, return_tensors="pt")
+        ids = tok(VERIFY_PROMPT, return_tensors="pt")  # with the default special tokens (BOS), as plain probes
     return {"input_ids": ids["input_ids"], "attention_mask": ids["attention_mask"]}
 
 
@@ -267,6 +289,10 @@ def check_reload(out: Path, ref_logits: torch.Tensor, tok, inputs, tolerance: fl
     theirs = verify_inputs(tok2)["input_ids"]
     if not torch.equal(theirs, inputs["input_ids"]):
         raise VerificationFailed("the saved tokenizer gives other ids than the GGUF tokenizer on the verification prompt")
+    # plain text with the default special tokens too (plain probes are tokenized so): a lost
+    # add_bos_token would pass the chat check above
+    if tok2(VERIFY_PROMPT)["input_ids"] != tok(VERIFY_PROMPT)["input_ids"]:
+        raise VerificationFailed("the saved tokenizer adds other special tokens than the GGUF tokenizer")
     ckpt = Checkpoint.open(str(out), label="imported model")
     names = param_order(ckpt)
     return {"max_abs_logit_diff": diff, "prompt_tokens": int(inputs["input_ids"].shape[1]),

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -55,8 +56,9 @@ def _permute(w: np.ndarray, n_head: int) -> np.ndarray:
     return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def write_tiny_gguf(path: Path, model, tie: bool) -> dict:
-    """Write `model` as a llama GGUF; return the tensors transformers should read back."""
+def write_tiny_gguf(path: Path, model, tie: bool, drop=(), tweak=None) -> dict:
+    """Write `model` as a llama GGUF; return the tensors transformers should read back. `drop`:
+    GGUF tensor names to leave out; `tweak(writer)` adds header fields."""
     import gguf
     from gguf import GGMLQuantizationType, GGUFWriter
 
@@ -85,6 +87,8 @@ def write_tiny_gguf(path: Path, model, tie: bool) -> dict:
     w.add_pad_token_id(2)
     w.add_add_bos_token(False)
     w.add_chat_template(CHATML)
+    if tweak is not None:
+        tweak(w)
 
     names = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
              "lm_head.weight": "output.weight"}
@@ -98,6 +102,7 @@ def write_tiny_gguf(path: Path, model, tie: bool) -> dict:
         del names["lm_head.weight"]
 
     expected = {}
+    names = {hf: gg for hf, gg in names.items() if gg not in drop}
     for hf, gg in names.items():
         t = model.state_dict()[hf].numpy().astype(np.float32)
         if gg.endswith("attn_q.weight"):
@@ -254,6 +259,21 @@ def test_user_errors(tmp_path):
         with pytest.raises(UserError) as info:
             import_gguf(ImportGGUFOptions(file=str(tmp_path / e), out=str(tmp_path / "o")), log=lambda m: None)
         assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("case, tweak, drop, message", [
+    ("split", lambda w: w.add_uint16("split.count", 2), (), "part 1 of a 2-file split GGUF"),
+    ("experts", lambda w: w.add_uint32("llama.expert_count", 4), (), "a mixture of 4 experts"),
+    ("rope scaling", lambda w: w.add_string("llama.rope.scaling.type", "linear"), (), "rope scaling (linear)"),
+    ("missing tensor", None, ("blk.1.ffn_gate.weight",), "found no GGUF tensor for 1 weight(s) of the model"),
+])
+def test_what_the_gguf_loader_would_get_wrong_is_refused(tmp_path, case, tweak, drop, message):
+    """transformers would load these without a word: one part of a split file, a dense model for a
+    mixture of experts, no rope scaling, or random values for a tensor it cannot find."""
+    write_tiny_gguf(tmp_path / "t.gguf", tiny_llama(len(byte_vocab()), False), False, drop=drop, tweak=tweak)
+    with pytest.raises(UserError, match=re.escape(message)):
+        import_gguf(ImportGGUFOptions(file=str(tmp_path / "t.gguf"), out=str(tmp_path / "o")), log=lambda m: None)
+    assert not (tmp_path / "o").exists()
 
 
 def test_cli_refuses_existing_output(tiny_gguf, tmp_path, capsys):
