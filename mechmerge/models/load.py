@@ -131,7 +131,18 @@ def _stream(ckpt: Checkpoint, device: torch.device, dtype: torch.dtype, trust_re
             any(n not in covered and n not in buffers for n in ckpt.tensors):
         return None
     for names in groups.values():
-        src = next(n for n in names if ckpt.has(n))
+        present = [n for n in names if ckpt.has(n)]
+        # a tied group whose names the checkpoint stores as different tensors is not tied there:
+        # from_pretrained unties it, so leave it to from_pretrained
+        if len(present) > 1 and any(tuple(ckpt.tensors[n].shape) != tuple(ckpt.tensors[present[0]].shape)
+                                    or not torch.equal(ckpt.get(n), ckpt.get(present[0])) for n in present[1:]):
+            return None
+        src = present[0]
+        meta = model.get_parameter(names[0])
+        if tuple(ckpt.tensors[src].shape) != tuple(meta.shape):
+            raise UserError(f"{ckpt.label} {str(ckpt.path)!r}: tensor {src!r} has shape "
+                            f"{list(ckpt.tensors[src].shape)}, its config builds {list(meta.shape)}; "
+                            "config.json and the weights do not belong together")
         value = ckpt.get(src)
         param = torch.nn.Parameter(value.to(device, dtype if value.is_floating_point() else value.dtype),
                                    requires_grad=False)

@@ -109,3 +109,28 @@ def test_byte_range_that_does_not_fit_shape_is_refused(tmp_path):
     f.write_bytes(len(new).to_bytes(8, "little") + new + raw[8 + n:])
     with pytest.raises(UserError, match="does not fit shape"):
         Checkpoint.open(str(path))
+
+
+def test_a_tied_config_with_a_different_stored_head_is_not_tied_blindly(tmp_path):
+    """tie_word_embeddings set, yet the file holds an lm_head unlike the embeddings: streaming
+    would tie them and drop the head; it leaves the model to from_pretrained instead."""
+    from safetensors.torch import load_file, save_file
+
+    path = make_model("llama", tmp_path / "m", seed=3, tie=True)
+    f = path / "model.safetensors"
+    sd = load_file(str(f))
+    sd["lm_head.weight"] = sd["model.embed_tokens.weight"] + 1.0
+    save_file(sd, str(f), metadata={"format": "pt"})
+    assert load_mod._stream(Checkpoint.open(str(path)), torch.device("cpu"), torch.float32, False) is None
+
+
+def test_weights_of_another_shape_than_the_config_builds_are_refused(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    path = make_model("llama", tmp_path / "m", seed=3)
+    f = path / "model.safetensors"
+    sd = load_file(str(f))
+    sd["model.layers.0.mlp.up_proj.weight"] = sd["model.layers.0.mlp.up_proj.weight"][:-8]
+    save_file(sd, str(f), metadata={"format": "pt"})
+    with pytest.raises(UserError, match="model.layers.0.mlp.up_proj.weight' has shape .* do not belong together"):
+        load_mod._stream(Checkpoint.open(str(path)), torch.device("cpu"), torch.float32, False)
