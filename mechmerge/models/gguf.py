@@ -26,7 +26,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Literal, Optional, Tuple
+from typing import Any, Dict, Literal, Optional, Sequence, Tuple
 
 import torch
 
@@ -114,6 +114,7 @@ class GGUFInfo:
     name: str
     tensor_types: Dict[str, int]  # ggml type name -> number of tensors
     has_chat_template: bool
+    turn_end_ids: Tuple[int, ...] = ()  # the header's end-of-turn / end-of-message tokens (Llama 3: <|eot_id|>)
 
     @property
     def arch(self) -> Arch:
@@ -165,8 +166,10 @@ def inspect_gguf(path: str | Path) -> GGUFInfo:
         raise UserError(f"{str(p)!r}: rope scaling ({scaling or 'rope_freqs'}) that transformers' GGUF loader "
                         "does not carry over; import the original safetensors checkpoint instead")
     types = Counter(t.tensor_type.name for t in reader.tensors)
+    turn_end = tuple(int(v) for v in (field_str(f"tokenizer.ggml.{k}_token_id") for k in ("eot", "eom"))
+                     if v is not None)
     return GGUFInfo(p, arch, field_str("general.name") or p.stem, dict(sorted(types.items())),
-                    "tokenizer.chat_template" in reader.fields)
+                    "tokenizer.chat_template" in reader.fields, turn_end)
 
 
 def load_gguf(info: GGUFInfo):
@@ -224,11 +227,12 @@ def plain_model(gguf_model, dtype: torch.dtype):
     return model
 
 
-def generation_config(model, tok, arch: Arch):
-    """End generation at the model's EOS and at the architecture's end-of-turn tokens."""
+def generation_config(model, tok, arch: Arch, turn_end_ids: Sequence[int] = ()):
+    """End generation at the model's EOS, the file's end-of-turn tokens and the architecture's."""
     gen = model.generation_config
     eos = gen.eos_token_id if isinstance(gen.eos_token_id, list) else [gen.eos_token_id]
     eos = [e for e in eos if e is not None]
+    eos += [t for t in turn_end_ids if t not in eos]
     for t in arch.stop_tokens:
         tid = tok.convert_tokens_to_ids(t)
         if isinstance(tid, int) and tid != tok.unk_token_id and tid not in eos:
@@ -351,7 +355,7 @@ def import_gguf(opts: ImportGGUFOptions, log=print) -> Dict[str, Any]:
     with atomic_dir(out, force=opts.force) as tmp:
         t = time.perf_counter()
         model = plain_model(gguf_model, dtype)
-        model.generation_config = generation_config(model, tok, info.arch)
+        model.generation_config = generation_config(model, tok, info.arch, info.turn_end_ids)
         model.save_pretrained(tmp)
         save_tokenizer(tok, tmp, model.config)
         del model

