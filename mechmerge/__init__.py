@@ -8,7 +8,10 @@ Pipeline, one folder a stage:
     recipe/    strategies that turn scores into per-module mergekit recipes
     merge/     run mergekit, write model cards, publish
     evaluate/  generation-based evaluation and the comparison harness
+    analysis/  track (circuits across checkpoints), conflict, agreement of two scorings
+    report/    heatmaps, interval and track plots
     zoo/       the embedded tiny model zoo used by the demo and the tests
+    cli/       one module per command, imported only when it runs
 """
 
 __version__ = "0.1.0"

@@ -19,7 +19,7 @@ from ..errors import UserError
 from ..io import atomic_write_text, check_output, dumps
 from ..options import Options, opt
 from ..scores import SCORE_KEYS, read_scores
-from .track import spearman
+from .stats import spearman
 
 @dataclass
 class AgreeOptions(Options):

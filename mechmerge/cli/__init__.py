@@ -96,5 +96,5 @@ def main(argv=None) -> None:
     sys.exit(0)
 
 
-# Tests run offline; users can still override it explicitly.
+# mechmerge never needs the Hub's usage telemetry; a user can still turn it on explicitly.
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")

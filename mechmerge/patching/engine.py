@@ -10,7 +10,7 @@ Definitions (also in the README):
             v = normalize(mean(h_l(E) − h_l(B))). Defined for units at or below l.
 
 This module measures raw sums (Σ log p, Σ ⟨h, v⟩ per batch); ratios are formed in
-`scores.build`. Work is planned as jobs and run per probe group so a killed run can
+`patching.score.assemble`. Work is planned as jobs and run per probe group so a killed run can
 resume from a journal of finished (unit, group) jobs.
 """
 

@@ -119,7 +119,7 @@ def test_spearman_gives_tied_values_their_mean_rank():
     correlation: ordinal ranks order the zeros by position."""
     import numpy as np
 
-    from mechmerge.analysis.track import spearman
+    from mechmerge.analysis.stats import spearman
 
     x = np.r_[np.zeros(60), np.arange(1.0, 21.0)]
     y = np.r_[np.zeros(60), np.arange(20.0, 0.0, -1.0)]
