@@ -144,11 +144,11 @@ class Harness:
     def _guided(self, combo, name: str, score: Optional[str] = None) -> List[Candidate]:
         """The strategy's top-N calibrations on the scoring probes (N = candidates)."""
         def calibrate(score=score) -> Dict[str, Any]:
-            score = score or (DEFAULT.score if name == DEFAULT.strategy else "patch_in")
+            score = score or DEFAULT.score_for(name)
             ro = RecipeOptions(scores=str(self.out / "scores.json"), out="", experts=tuple(combo), strategy=name,
                                score=score, calibrate=True, progress=False, seed=self.opts.seed,
                                device=self.opts.device,
-                               param={k: str(v) for k, v in (DEFAULT.params if name == DEFAULT.strategy else {}).items()})
+                               param={k: str(v) for k, v in DEFAULT.params_for(name).items()})
             r = make_recipe(ro, data=self.scores, write=False)
             table = sorted(r.calibration or [{"params": r.params, "rank_key": (0.0,)}], key=lambda t: t["rank_key"],
                            reverse=True)
@@ -164,7 +164,7 @@ class Harness:
         """A candidate's cache label, in calibration's key order (fixed parameters, then the
         grid's): the cache file stores dicts with sorted keys, so the order must not come from
         the dict, or a resumed run would miss every guided candidate."""
-        fixed = list(DEFAULT.params) if name == DEFAULT.strategy else []
+        fixed = list(DEFAULT.params_for(name))
         order = {k: i for i, k in enumerate(dict.fromkeys(fixed + list(strategies.get(name).grid)))}
         keys = sorted(params, key=lambda k: (order.get(k, len(order)), k))
         return ",".join(f"{k}={params[k]}" for k in keys)

@@ -133,13 +133,13 @@ def make_recipe(opts: RecipeOptions, data: Optional[Dict[str, Any]] = None, writ
         check_output(opts.out, opts.force, "recipe")
     data = data if data is not None else read_scores(opts.scores)
     strat = strategies.get(opts.strategy or DEFAULT.strategy)
-    key = opts.score or (DEFAULT.score if opts.strategy in (None, DEFAULT.strategy) else "patch_in")
+    key = opts.score or DEFAULT.score_for(opts.strategy)
     view = ScoreView.from_scores(data, key, seed=opts.seed)
     if opts.experts:
         view = view.subset(list(opts.experts))
     user_params = strat.coerce(dict(opts.param))
     if opts.strategy is None:
-        user_params = {**DEFAULT.params, **user_params}
+        user_params = {**DEFAULT.params_for(None), **user_params}
     if opts.method not in engine.SUPPORTED_METHODS:
         from ..errors import unknown
 
