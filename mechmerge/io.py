@@ -119,6 +119,19 @@ def atomic_dir(path: str | Path, force: bool = False) -> Iterator[Path]:
         raise
 
 
+def read_json(path: str | Path, what: str) -> Any:
+    """A JSON file a user pointed at: one-line UserErrors for a missing, unreadable or broken file."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"{what} {str(p)!r} not found" + (" (it is a directory)" if p.is_dir() else ""))
+    try:
+        return json.loads(p.read_text())
+    except json.JSONDecodeError as e:
+        raise UserError(f"{p}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"{what} {str(p)!r}: cannot be read ({e})") from None
+
+
 def file_sha256(path: str | Path) -> str:
     """The file's SHA-256, read in 1 MiB blocks (GGUF files and shards are gigabytes)."""
     h = hashlib.sha256()

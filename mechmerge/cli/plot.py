@@ -1,4 +1,3 @@
-import json
 from pathlib import Path
 
 import click
@@ -15,13 +14,10 @@ def plot(file, out_dir, top):
     """Draw a scores file (heatmap per expert: layer x module type; with --bootstrap
     scores also each expert's top units with their intervals and ties) or a track file
     (how the top units move across checkpoints)."""
+    from ..io import read_json
+
     p = Path(file)
-    if not p.is_file():
-        raise UserError(f"{file!r} not found")
-    try:
-        data = json.loads(p.read_text())
-    except json.JSONDecodeError as e:
-        raise UserError(f"{file}: not JSON ({e.msg})") from None
+    data = read_json(p, "file")
     out = Path(out_dir) if out_dir else p.parent
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {str(out)!r} is a file; give a folder for the PNGs")

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
 from ..errors import UserError
-from ..io import atomic_dir, check_output
+from ..io import atomic_dir, check_output, read_json
 from ..options import Options, opt
 from . import engine
 from .card import render_card, scores_path_from_recipe, seed_from_recipe
@@ -59,10 +58,7 @@ def merge(opts: MergeRunOptions) -> Path:
         raise UserError(f"scores file {opts.scores!r} not found")
     evaluation = None
     if opts.eval_json:
-        try:
-            evaluation = json.loads(Path(opts.eval_json).read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise UserError(f"--eval {opts.eval_json!r}: cannot read evaluation JSON ({e})") from None
+        evaluation = read_json(opts.eval_json, "--eval file")
         tasks = evaluation.get("tasks") if isinstance(evaluation, dict) else None
         if not isinstance(tasks, dict) or not tasks or not all(
                 isinstance(t, dict) and {"accuracy", "logprob", "n"} <= set(t) for t in tasks.values()):

@@ -21,6 +21,7 @@ from typing import Dict, Iterable, List, Optional, Tuple
 import torch
 
 from ..errors import UserError
+from ..io import read_json
 from .families import Family, family_for
 
 # Config fields that must agree between base and experts: anything that changes the
@@ -116,10 +117,7 @@ class Checkpoint:
         cfg_file = path / "config.json"
         if not cfg_file.is_file():
             raise UserError(f"{label} {str(path)!r} has no config.json; is it a Hugging Face model directory?")
-        try:
-            config = json.loads(cfg_file.read_text())
-        except json.JSONDecodeError as e:
-            raise UserError(f"{cfg_file}: invalid JSON ({e.msg} at line {e.lineno})") from None
+        config = read_json(cfg_file, f"{label} config")
         family = family_for(config, str(path))
         tensors = _index_safetensors(path, label)
         if not tensors:

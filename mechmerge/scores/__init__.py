@@ -24,7 +24,6 @@ inputs give a byte-identical file.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 from pathlib import Path
 from typing import Any, Dict
@@ -38,14 +37,10 @@ SCORE_KEYS = ("patch_in", "knockout", "anchor")
 
 def read_scores(path: str | Path) -> Dict[str, Any]:
     """Load and validate a scores file; errors say what is wrong and where."""
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"scores file {str(p)!r} not found")
-    try:
-        data = json.loads(p.read_text())
-    except json.JSONDecodeError as e:
-        raise UserError(f"{p}: not JSON ({e.msg} at line {e.lineno})") from None
-    validate_scores(data, str(p))
+    from ..io import read_json
+
+    data = read_json(path, "scores file")
+    validate_scores(data, str(path))
     return data
 
 
