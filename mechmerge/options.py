@@ -55,10 +55,15 @@ class Options:
     """Base class: CLI round trip and JSON record."""
 
     def __post_init__(self) -> None:
+        """What click checks on the command line, checked for the Python API too: minimums and choices."""
+        hints = typing.get_type_hints(type(self))
         for f in dataclasses.fields(self):
             low, v = f.metadata.get("min"), getattr(self, f.name)
             if low is not None and v is not None and not isinstance(v, bool) and v < low:
                 raise UserError(f"--{_flag_name(f)} {v}: must be >= {low:g}")
+            tp, _ = _unwrap_optional(hints[f.name])
+            if get_origin(tp) is Literal and v is not None and v not in get_args(tp):
+                raise UserError(f"--{_flag_name(f)} {v!r}: expected one of {', '.join(map(str, get_args(tp)))}")
 
     @classmethod
     def from_cli(cls, **kwargs: Any):

@@ -115,3 +115,14 @@ def test_compare_checks_its_suite_and_options_before_any_work(scored_pair, tmp_p
     refused(["compare", suite, "--out", out], capsys, f"file '{tmp_path / 'x.jsonl'}' not found")
     assert not out.exists()  # nothing was scored, no folder was made
     shutil.rmtree(tmp_path / "run", ignore_errors=True)
+
+
+def test_the_python_api_refuses_what_the_cli_refuses():
+    from mechmerge.errors import UserError
+    from mechmerge.evaluate.run import EvalOptions
+    from mechmerge.patching.score import ScoreOptions
+
+    with pytest.raises(UserError, match="--granularity 'heads': expected one of module, layer, head"):
+        ScoreOptions(base="b", experts={}, probes={}, out="o", granularity="heads")
+    with pytest.raises(UserError, match="--batch-size 0: must be >= 1"):
+        EvalOptions(model="m", probes={}, batch_size=0)
