@@ -2,7 +2,7 @@
 
 import pytest
 
-from mechmerge.cli.demo import DemoOptions, run_demo
+from mechmerge.zoo.demo import DemoOptions, run_demo
 from mechmerge.errors import UserError
 
 
