@@ -56,11 +56,8 @@ def causal_conflict(data: Dict[str, Any], k: int, device: str, seed: int) -> Dic
     from ..patching.score import ScoreOptions, prepare
     from ..recipe.taskvectors import magnitudes
 
-    o = data["options"]
-    setup = prepare(ScoreOptions(base=data["base"], experts={n: e["model"] for n, e in data["experts"].items()},
-                                 probes={n: e["probes"] for n, e in data["experts"].items()}, out="",
-                                 granularity=data["granularity"], batch_size=o.get("batch_size", 8),
-                                 max_probes=o.get("max_probes"), device=device, check_finite=False, progress=False))
+    # the scoring's own setup (dtype, batch size, probe limit, permissions), on this run's device
+    setup = prepare(ScoreOptions.from_record(data, device=device, check_finite=False, progress=False))
     by_name = {u.name: u for u in setup.units}
     names = list(data["experts"])
     units = list(data["units"])

@@ -11,6 +11,7 @@ import hashlib
 import json
 import math
 import sys
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Literal, Optional
@@ -94,6 +95,19 @@ class ScoreOptions(Options):
         if self.device_map is not None and dist.launched():
             raise UserError("--device-map spreads one model over the devices; it cannot be combined with a "
                             "multi-process launch (each rank would load the whole model)")
+
+    @classmethod
+    def from_record(cls, data: Dict[str, Any], **overrides: Any) -> "ScoreOptions":
+        """The options a scores file was made with (its models, probes and recorded settings:
+        dtype, batch size, probe limit, pickle and remote-code permissions...), for measuring
+        more on the same setup; `overrides` replace any of them."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        kw = {k: v for k, v in (data.get("options") or {}).items() if k in names}
+        kw.update(base=data["base"], experts={n: e["model"] for n, e in data["experts"].items()},
+                  probes={n: e["probes"] for n, e in data["experts"].items()}, out="",
+                  granularity=data["granularity"])
+        kw.update(overrides)
+        return cls(**kw)
 
     def phases(self) -> List[str]:
         return ["patch_in", "knockout"] if self.direction == "both" else [self.direction]

@@ -127,3 +127,16 @@ def test_spearman_gives_tied_values_their_mean_rank():
     ranks_y = np.r_[np.full(60, 29.5), np.arange(79.0, 59.0, -1.0)]
     assert spearman(x, y) == pytest.approx(float(np.corrcoef(ranks_x, ranks_y)[0, 1]), abs=1e-12)
     assert spearman(x, x) == pytest.approx(1.0)
+
+
+def test_conflict_measures_on_the_scorings_own_setup(scored_pair):
+    """Causal conflict re-measures with the options the scores were made with (dtype, batch size,
+    probe limit, pickle permission), not with defaults."""
+    from mechmerge.patching.score import ScoreOptions
+
+    d, scores = scored_pair
+    data = json.loads(scores.read_text())
+    data["options"].update(dtype="bfloat16", batch_size=3, max_probes=4, allow_pickle=True)
+    o = ScoreOptions.from_record(data, device="cpu", progress=False)
+    assert (o.dtype, o.batch_size, o.max_probes, o.allow_pickle, o.device) == ("bfloat16", 3, 4, True, "cpu")
+    assert o.experts == {n: e["model"] for n, e in data["experts"].items()} and o.base == data["base"]
