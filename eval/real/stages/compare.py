@@ -133,7 +133,7 @@ def estimate(ctx: Context, suite: Dict[str, Any], scores_path: Path, opts: Compa
 
 
 @stage("compare", artifact="compare", requires=("finetune", "score"), stamp_work=True,
-       volatile=("workers", "partial", "progress", "estimate_only", "batch_size"),
+       volatile=("workers", "partial", "progress", "estimate_only", "batch_size", "sizes"),
        dry=("partial", "estimate_only"))
 def compare_stage(ctx: Context, out: Path) -> Dict[str, Any]:
     """mechmerge's comparison harness (guided mix and conflict vs tuned uniform merges, random/magnitude controls)."""
