@@ -117,6 +117,11 @@ def estimate(ctx: Context, suite: Dict[str, Any], scores_path: Path, opts: Compa
         t0 = time.perf_counter()
         ev.run(model, base.family)
         t[f"{split}_eval"] = time.perf_counter() - t0
+    return project(t, names, opts, list(pair))
+
+
+def project(t: Dict[str, float], names: List[str], opts: CompareOptions, pair: List[str]) -> Dict[str, Any]:
+    """The protocol's hours from the timed pieces, for the sizes asked."""
     sizes = [int(s) for s in opts.sizes.split(",") if s]
     total, per_k = 0.0, {}
     for k in sizes:
@@ -129,7 +134,7 @@ def estimate(ctx: Context, suite: Dict[str, Any], scores_path: Path, opts: Compa
         n_combos = len(list(itertools.combinations(names, k)))
         per_k[k] = {"combinations": n_combos, "per_combination_s": one, **c}
         total += one * n_combos
-    return {"measured_s": t, "per_size": per_k, "total_hours": total / 3600, "pair": list(pair)}
+    return {"measured_s": t, "per_size": per_k, "total_hours": total / 3600, "pair": pair}
 
 
 @stage("compare", artifact="compare", requires=("finetune", "score"), stamp_work=True,
@@ -160,8 +165,13 @@ def compare_stage(ctx: Context, out: Path) -> Dict[str, Any]:
         max_test_probes=ctx.param("compare.max_test_probes", 32) or None, device="cpu",
         progress=ctx.param("compare.progress", True), workers=ctx.param("compare.workers", 1))
     est_file = work / f"estimate-{opts.sizes}.json"
+    earlier = sorted(p for p in work.glob("estimate-*.json") if not p.name.endswith(".first.json"))
     if est_file.is_file():
         est = json.loads(est_file.read_text())
+    elif earlier:  # timed for other sizes: the pieces do not depend on them, only the projection
+        old = json.loads(earlier[0].read_text())
+        est = project(old["measured_s"], list(suite["experts"]), opts, old["pair"])
+        write_json(est_file, est)
     else:
         est = estimate(ctx, suite, run_dir / "scores.json", opts)
         write_json(est_file, est)
