@@ -51,6 +51,15 @@ def dumps(obj: Any) -> str:
     return json.dumps(round_floats(obj), indent=1, ensure_ascii=False) + "\n"
 
 
+def public_tree(path: Path) -> None:
+    """A finished directory and the files directly in it readable like any other output (files
+    made through tempfile are private)."""
+    _public(path, directory=True)
+    for f in path.iterdir():
+        if f.is_file():
+            _public(f, directory=False)
+
+
 def check_output(path: str | Path, force: bool, what: str = "output", directory: bool = False) -> Path:
     """Refuse to overwrite without --force, or a file where a directory goes (or the reverse,
     which --force cannot fix); check the parent directory is writable."""

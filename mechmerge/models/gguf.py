@@ -32,7 +32,7 @@ import torch
 
 from .. import __version__
 from ..errors import UserError
-from ..io import atomic_dir, atomic_write_text, check_output, dumps, file_sha256
+from ..io import atomic_dir, atomic_write_text, check_output, dumps, file_sha256, public_tree
 from ..options import Options, opt
 from .checkpoint import Checkpoint, env_offline
 from .families import family_for
@@ -391,20 +391,9 @@ def import_gguf(opts: ImportGGUFOptions, log=print) -> Dict[str, Any]:
             "seconds": seconds,
         }
         atomic_write_text(tmp / RECORD, dumps(record))
-        publish_modes(tmp)
+        public_tree(tmp)
     log(f"wrote {out} in {seconds['total']:.1f}s")
     return record
-
-
-def publish_modes(path: Path) -> None:
-    """Temporary files are private (0600/0700); the finished model is readable like any other."""
-    import os
-
-    umask = os.umask(0)
-    os.umask(umask)
-    path.chmod(0o777 & ~umask)
-    for f in path.iterdir():
-        f.chmod(0o666 & ~umask)
 
 
 def read_record(path: str | Path) -> Optional[Dict[str, Any]]:

@@ -23,7 +23,6 @@ inputs give a byte-identical file.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from pathlib import Path
 from typing import Any, Dict
@@ -75,4 +74,6 @@ def validate_scores(data: Any, where: str = "scores") -> None:
 
 
 def scores_sha256(path: str | Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    from ..io import file_sha256
+
+    return file_sha256(path)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import platform
 import random
 import time
@@ -256,7 +255,6 @@ def build_zoo(name: str, out_dir: str | Path, *, seed: Optional[int] = None,
     t0 = time.time()
     try:
         with atomic_dir(out, force) as tmp:
-            os.chmod(tmp, 0o777 & ~umask())  # a temporary directory is private; a zoo is not
             held_out, longest = write_probes(spec, tmp, progress)
             losses = train_models(spec, tmp, held_out, progress)
             manifest = make_manifest(spec, tmp, losses)
@@ -269,12 +267,6 @@ def build_zoo(name: str, out_dir: str | Path, *, seed: Optional[int] = None,
     finally:
         torch.set_num_threads(threads)
     return out
-
-
-def umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def write_probes(spec: ZooSpec, root: Path, progress) -> Tuple[set, int]:
