@@ -25,6 +25,14 @@ def scores_path_from_recipe(text: str) -> Optional[str]:
     return None
 
 
+def scores_sha_from_recipe(text: str) -> Optional[str]:
+    for line in recipe_header(text):
+        m = re.match(r"scores: .+? \(sha256 ([0-9a-f]{64})\)", line)
+        if m:
+            return m.group(1)
+    return None
+
+
 def seed_from_recipe(text: str) -> Optional[int]:
     for line in recipe_header(text):
         m = re.match(r"random seed: (-?\d+)", line)

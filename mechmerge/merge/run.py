@@ -11,7 +11,7 @@ from ..errors import UserError
 from ..io import atomic_dir, check_output, read_json
 from ..options import Options, opt
 from . import engine
-from .card import render_card, scores_path_from_recipe, seed_from_recipe
+from .card import render_card, scores_path_from_recipe, scores_sha_from_recipe, seed_from_recipe
 
 
 @dataclass
@@ -51,8 +51,14 @@ def merge(opts: MergeRunOptions) -> Path:
     scores_path = opts.scores or scores_path_from_recipe(text)
     scores = None
     if scores_path and Path(scores_path).is_file():
+        from ..io import file_sha256
         from ..scores import read_scores
 
+        recorded = scores_sha_from_recipe(text)
+        if recorded and file_sha256(scores_path) != recorded:
+            # the card would explain the weights with scores they were not made from
+            raise UserError(f"{scores_path} changed since the recipe was written from it (sha256 differs from the "
+                            "header's); rewrite the recipe, or pass --scores with the file it was made from")
         scores = read_scores(scores_path)
     elif opts.scores:
         raise UserError(f"scores file {opts.scores!r} not found")

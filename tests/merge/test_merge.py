@@ -292,3 +292,17 @@ def test_the_card_carries_the_evaluation_it_is_given(scored_pair, tmp_path):
     assert run_cli("merge", str(recipe), "--out", str(tmp_path / "m"), "--eval", str(tmp_path / "ev.json")) == 0
     card = (tmp_path / "m" / "README.md").read_text()
     assert "## Evaluation" in card and "| a | 0.625 | -1.2500 | 8 | 0.500 | – | 1.000 | 0.500 |" in card
+
+
+def test_a_scores_file_changed_since_the_recipe_is_not_used_for_the_card(scored_pair, tmp_path, capsys):
+    d, scores = scored_pair
+    mine = tmp_path / "scores.json"
+    shutil.copyfile(scores, mine)
+    recipe = tmp_path / "r.yaml"
+    assert run_cli("recipe", str(mine), "--out", str(recipe), "--no-calibrate") == 0
+    data = json.loads(mine.read_text())
+    data["experts"]["a"]["modules"]["model.layers.1.mlp.down_proj"]["patch_in"] = 0.0
+    mine.write_text(json.dumps(data))
+    assert run_cli("merge", str(recipe), "--out", str(tmp_path / "m")) == 2
+    assert "changed since the recipe was written" in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()
