@@ -52,7 +52,8 @@ class CompareOptions(Options):
     seed: int = field(default=0, metadata=opt("Seed for random methods (DARE)."))
     batch_size: int = field(default=64, metadata=opt("Evaluation batch size.", min=1))
     max_dev_probes: Optional[int] = field(default=None, metadata=opt("Use only the first N dev probes per task.", min=1))
-    max_test_probes: Optional[int] = field(default=None, metadata=opt("Use only the first N test probes per task.", min=1))
+    max_test_probes: Optional[int] = field(default=None, metadata=opt(
+        "Use only the first N test probes per task.", min=1))
     device: str = field(default="auto", metadata=opt("auto, cpu or cuda."))
     progress: bool = field(default=True, metadata=opt("Progress output."))
     workers: int = field(default=1, metadata=opt(

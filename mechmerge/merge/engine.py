@@ -123,9 +123,10 @@ def check_model_paths(cfg: Dict[str, Any]) -> None:
     from pathlib import Path
 
     for ref in _model_refs(cfg):
-        local = ref.startswith(("/", ".", "~")) or ref.count("/") > 1 or os.sep != "/" and os.sep in ref
+        local = ref.startswith(("/", ".", "~")) or ref.count("/") > 1 or (os.sep != "/" and os.sep in ref)
         if local and "+" not in ref and not Path(ref).expanduser().is_dir():
-            rel = "" if Path(ref).expanduser().is_absolute() else f" (relative paths resolve from the current directory, {os.getcwd()})"
+            rel = ("" if Path(ref).expanduser().is_absolute()
+                   else f" (relative paths resolve from the current directory, {os.getcwd()})")
             raise UserError(f"model {ref!r} named in the recipe not found{rel}")
 
 

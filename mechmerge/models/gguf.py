@@ -292,7 +292,8 @@ def check_reload(out: Path, ref_logits: torch.Tensor, tok, inputs, tolerance: fl
         raise VerificationFailed("the saved tokenizer lost its chat template")
     theirs = verify_inputs(tok2)["input_ids"]
     if not torch.equal(theirs, inputs["input_ids"]):
-        raise VerificationFailed("the saved tokenizer gives other ids than the GGUF tokenizer on the verification prompt")
+        raise VerificationFailed("the saved tokenizer gives other ids than the GGUF tokenizer on the verification "
+                                 "prompt")
     # plain text with the default special tokens too (plain probes are tokenized so): a lost
     # add_bos_token would pass the chat check above
     if tok2(VERIFY_PROMPT)["input_ids"] != tok(VERIFY_PROMPT)["input_ids"]:

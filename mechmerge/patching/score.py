@@ -63,10 +63,12 @@ class ScoreOptions(Options):
     dtype: str = field(default="auto", metadata=opt("Compute dtype: auto (float32), float32, bfloat16, float16."))
     batch_size: int = field(default=8, metadata=opt("Probes per forward pass.", min=1))
     max_probes: Optional[int] = field(default=None, metadata=opt("Use only the first N probes of each file.", min=1))
-    cache_mb: int = field(default=2048, metadata=opt("Memory for cached block inputs; more means fewer full passes.", min=0))
+    cache_mb: int = field(default=2048, metadata=opt(
+        "Memory for cached block inputs; more means fewer full passes.", min=0))
     seed: int = field(default=0, metadata=opt("Random seed (attribution sampling, bootstrap)."))
     min_gap: float = field(default=0.01, metadata=opt("m(E)-m(B) (nats/token) below which an expert is flagged unreliable."))
-    bootstrap: int = field(default=0, metadata=opt("Bootstrap replicates over probes for confidence intervals (0: none).", min=0))
+    bootstrap: int = field(default=0, metadata=opt(
+        "Bootstrap replicates over probes for confidence intervals (0: none).", min=0))
     ci_level: float = field(default=0.95, metadata=opt("Confidence level of the bootstrap intervals."))
     check_finite: bool = field(default=True, metadata=opt("Read every expert tensor once up front to reject NaN/Inf and truncated files."))
     resume: bool = field(default=False, metadata=opt("Continue a killed run from its journal (OUT.journal)."))

@@ -60,7 +60,8 @@ class Strategy:
                 raise UserError(f"strategy {self.name!r}: parameter {name}={value!r} must be a finite number")
             lo, hi = self.bounds.get(name, (None, None))
             if (lo is not None and v < lo) or (hi is not None and v > hi):
-                span = f"[{lo}, {hi}]" if lo is not None and hi is not None else (f">= {lo}" if lo is not None else f"<= {hi}")
+                span = (f"[{lo}, {hi}]" if lo is not None and hi is not None
+                        else f">= {lo}" if lo is not None else f"<= {hi}")
                 raise UserError(f"strategy {self.name!r}: parameter {name}={value!r} is out of range (expected {span})")
         return out
 
