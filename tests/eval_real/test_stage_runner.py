@@ -119,6 +119,26 @@ def test_work_is_kept_only_for_the_inputs_and_settings_it_was_computed_with(fres
     assert calls[-1] == "c computed" and any("clearing" in line and "--redo" in line for line in logs)
 
 
+def test_a_stage_whose_cache_checks_itself_keeps_its_work_on_redo(fresh):
+    """compare's cache refuses another protocol by itself: --redo re-renders from it instead of
+    throwing hours of results away (and other --set values are left to that check)."""
+    ctx, calls, logs, _ = fresh
+
+    @runner.stage("d", artifact="D", requires=("a",), stamp_work=True, redo_clears=False)
+    def d(ctx, out):
+        """Stage d."""
+        done = ctx.work("d") / "done.txt"
+        if not done.exists():
+            calls.append("d computed")
+            done.write_text("x")
+        return {}
+
+    runner.run(ctx, ["d"])
+    ctx.params = {"d.k": "2"}
+    runner.run(ctx, ["d"], redo=["d"])
+    assert calls.count("d computed") == 1 and not any("clearing" in line for line in logs)
+
+
 def test_unknown_names(fresh):
     ctx, *_ = fresh
     with pytest.raises(UserError, match="did you mean 'b'"):

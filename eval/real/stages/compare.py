@@ -139,7 +139,7 @@ def project(t: Dict[str, float], names: List[str], opts: CompareOptions, pair: L
 
 @stage("compare", artifact="compare", requires=("finetune", "score"), stamp_work=True,
        volatile=("workers", "partial", "progress", "estimate_only", "batch_size", "sizes"),
-       dry=("partial", "estimate_only"))
+       dry=("partial", "estimate_only"), redo_clears=False)
 def compare_stage(ctx: Context, out: Path) -> Dict[str, Any]:
     """mechmerge's comparison harness (guided mix and conflict vs tuned uniform merges, random/magnitude controls)."""
     work = ctx.work("compare")
