@@ -29,10 +29,18 @@ def _score(args, out, extra=(), wait=True):
     return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
-def test_kill_and_resume_gives_the_uninterrupted_result(job, tmp_path):
+@pytest.fixture(scope="module")
+def reference(job, tmp_path_factory):
+    """One uninterrupted run, the yardstick of the resume and determinism tests."""
     d, args = job
-    ref = tmp_path / "ref.json"
+    ref = tmp_path_factory.mktemp("ref") / "ref.json"
     assert _score(args, ref).returncode == 0
+    return ref
+
+
+def test_kill_and_resume_gives_the_uninterrupted_result(job, reference, tmp_path):
+    d, args = job
+    ref = reference
     out = tmp_path / "killed.json"
     journal = tmp_path / "killed.json.journal"
     p = _score(args, out, wait=False)
@@ -78,9 +86,8 @@ def test_resume_refuses_a_journal_of_other_inputs(job, tmp_path):
     assert r.returncode == 2 and "journal" in r.stderr and "Traceback" not in r.stderr
 
 
-def test_same_inputs_give_byte_identical_scores(job, tmp_path):
+def test_same_inputs_give_byte_identical_scores(job, reference, tmp_path):
     d, args = job
-    a, b = tmp_path / "a.json", tmp_path / "b.json"
-    assert _score(args, a).returncode == 0
-    assert _score(args, b).returncode == 0
-    assert a.read_bytes() == b.read_bytes()
+    again = tmp_path / "again.json"
+    assert _score(args, again).returncode == 0
+    assert again.read_bytes() == reference.read_bytes()
