@@ -161,8 +161,10 @@ def evaluate(opts: EvalOptions) -> Dict[str, Any]:
         bck = Checkpoint.open(opts.base, "base")
         ev.set_quartiles(load_model(bck, dev, dtype), bck.family)
     results = ev.run(load_model(ck, dev, dtype), ck.family, progress=opts.progress)
-    data = {"model": opts.model, "quartile_reference": opts.base or opts.model,
-            "settings": {"max_new_tokens": opts.max_new_tokens, "metrics": {n: opts.metric.get(n, "exact") for n in opts.probes}},
+    data = {"format": "mechmerge.eval", "version": 1, "model": opts.model,
+            "quartile_reference": opts.base or opts.model,
+            "settings": {"max_new_tokens": opts.max_new_tokens,
+                         "metrics": {n: opts.metric.get(n, "exact") for n in opts.probes}},
             "tasks": {n: {k: v for k, v in r.items() if k != "correct"} for n, r in results.items()}}
     if opts.json_out:
         atomic_write_text(opts.json_out, dumps(data))

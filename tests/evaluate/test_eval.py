@@ -25,7 +25,7 @@ def test_eval_cli_json(scored_pair, tmp_path):
               "--no-progress"])
     assert e.value.code == 0
     data = json.loads(out.read_text())
-    assert data["model"] == str(d / "a")
+    assert data["model"] == str(d / "a") and (data["format"], data["version"]) == ("mechmerge.eval", 1)
     for name in ("a", "b"):
         t = data["tasks"][name]
         assert set(t) >= {"accuracy", "logprob", "n", "quartiles"} and t["n"] == 6
