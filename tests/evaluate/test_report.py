@@ -50,3 +50,21 @@ def test_controls_are_compared_on_their_means():
     assert s["controls"]["control:random"]["beaten"] and not s["controls"]["control:magnitude"]["beaten"]
     assert "random 0.450, magnitude 0.600 vs mechanism 0.550" in md and "**does not beat its controls**" in md
     assert s["methods"]["experts"]["mean"] == 1.0
+
+
+def test_retention_and_quality_columns_average_what_they_say():
+    """Retention: accuracy on the base's general skills; quality: log-probability of its answers;
+    for the experts row, each expert's own evaluation."""
+    suite = SimpleNamespace(retention={"test": {"copy": "c.jsonl"}}, quality={"test": {"plain": "p.jsonl"}})
+    res = results(0.6, 0.5)
+    for combo, r in res.items():
+        for m, c in r.items():
+            c["test"]["copy"] = {"accuracy": 0.9 if m == "guided:mix" else 0.7, "n": 10}
+            c["test"]["plain"] = {"accuracy": 0.0, "logprob": -1.0 if combo == "a+b" else -2.0, "n": 10}
+    s = summarize(res, suite, default="guided:mix")
+    rows = s["methods"]
+    assert rows["guided:mix"]["retention"] == 0.9 and rows["task_arithmetic"]["retention"] == 0.7
+    assert rows["guided:mix"]["quality"] == -1.5  # mean over the two combinations
+    assert rows["experts"]["retention"] == 0.7 and rows["experts"]["quality"] == -1.5
+    md = markdown({"suite": "toy", "protocol": {"candidates": 3}, "summary": s})
+    assert "| retention | quality |" in md and "| 0.900 | -1.500 |" in md
