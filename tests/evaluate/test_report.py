@@ -68,3 +68,16 @@ def test_retention_and_quality_columns_average_what_they_say():
     assert rows["experts"]["retention"] == 0.7 and rows["experts"]["quality"] == -1.5
     md = markdown({"suite": "toy", "protocol": {"candidates": 3}, "summary": s})
     assert "| retention | quality |" in md and "| 0.900 | -1.500 |" in md
+
+
+def test_the_shipped_zoo_is_a_suite():
+    from pathlib import Path
+
+    from mechmerge.evaluate.compare import resolve_suite
+
+    s = resolve_suite("alpha")
+    assert sorted(s.experts) == ["add", "rev", "shift", "sort"]
+    assert set(s.splits) == {"score", "dev", "test"} and all(set(m) == set(s.experts) for m in s.splits.values())
+    assert set(s.retention) == {"dev", "test"} and set(s.retention["test"]) == {"copy", "twice"}
+    s.check()  # every model and probe file is there
+    assert all(Path(f).is_file() for m in s.splits.values() for f in m.values())
