@@ -167,11 +167,11 @@ class Checkpoint:
 
     @property
     def tied_embeddings(self) -> bool:
-        return bool(self.config.get("tie_word_embeddings", self.config.get("model_type") == "gpt2"))
+        return bool(self.config.get("tie_word_embeddings", self.family.tied_by_default))
 
     @property
     def num_layers(self) -> int:
-        return int(self.config.get("num_hidden_layers") or self.config.get("n_layer"))
+        return int(self.family.cfg(self.config, "num_hidden_layers"))
 
     def nbytes(self) -> int:
         sizes = {"F32": 4, "F16": 2, "BF16": 2, "F64": 8, "I64": 8, "I32": 4, "I8": 1, "U8": 1, "BOOL": 1}

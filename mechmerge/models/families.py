@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
 from typing import Any, Dict, Optional, Tuple
@@ -26,6 +26,13 @@ class Family:
     lm_head: str
     attention: Dict[str, str]
     attn_implementation: str
+    config_keys: Dict[str, str] = field(default_factory=dict)  # standard name -> this family's config name
+    tied_by_default: bool = False
+
+    def cfg(self, config: Dict[str, Any], key: str) -> Any:
+        """config[key] under its standard name or the family's own (GPT-2's n_embd for hidden_size)."""
+        v = config.get(key)
+        return config.get(self.config_keys[key]) if v is None and key in self.config_keys else v
 
     def layer_of(self, param_name: str) -> Optional[int]:
         """Decoder block index of a parameter, or None outside the blocks."""
@@ -78,8 +85,22 @@ def _table() -> Dict[str, Family]:
             lm_head=d["lm_head"],
             attention=dict(d["attention"]),
             attn_implementation=d["attn_implementation"],
+            config_keys=dict(d.get("config_keys", {})),
+            tied_by_default=bool(d.get("tied_by_default", False)),
         )
     return out
+
+
+def config_value(config: Dict[str, Any], key: str) -> Any:
+    """config[key] under its standard name, or under any family's own name for it (a partial
+    config, e.g. a scores file's record, may not say its model type)."""
+    v = config.get(key)
+    if v is None:
+        for fam in _table().values():
+            alias = fam.config_keys.get(key)
+            if alias and config.get(alias) is not None:
+                return config[alias]
+    return v
 
 
 def supported_model_types() -> list[str]:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ..errors import unknown
-from .families import Family, category_of
+from .families import Family, category_of, config_value
 
 GRANULARITIES = ("module", "layer", "head")
 
@@ -91,7 +91,7 @@ def discover_units(
 
 def head_groups(config: dict) -> Tuple[int, int, int]:
     """(query heads, k/v heads, query heads per head unit) of a config."""
-    n_heads = int(config.get("num_attention_heads") or config.get("n_head"))
+    n_heads = int(config_value(config, "num_attention_heads"))
     n_kv = int(config.get("num_key_value_heads") or n_heads)
     return n_heads, n_kv, n_heads // n_kv
 
@@ -128,7 +128,7 @@ def _head_units(unit: Unit, family: Family, config: dict, params: set) -> List[U
         owned = {att.get(k) for k in ("q", "k", "v", "qkv")}
         return [] if unit.kind in owned else [unit]
     n_heads, n_kv, per_group = head_groups(config)
-    hidden = int(config.get("hidden_size") or config.get("n_embd"))
+    hidden = int(family.cfg(config, "hidden_size"))
     head_dim = int(config.get("head_dim") or hidden // n_heads)
     block = unit.name[: -len(unit.kind) - 1]
     q_w, kv_w = n_heads * head_dim, n_kv * head_dim

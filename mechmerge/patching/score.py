@@ -148,7 +148,7 @@ def prepare(opts: ScoreOptions) -> Setup:
     if opts.device_map:  # inputs start where the embeddings live; accelerate's hooks move them on
         device = model.get_input_embeddings().weight.device
     tokenizer = load_tokenizer([base, *experts.values()], opts.trust_remote_code)
-    max_len = base.config.get("max_position_embeddings") or base.config.get("n_positions")
+    max_len = base.family.cfg(base.config, "max_position_embeddings")
     pad = pad_id_of(tokenizer)
     batches, n_probes = {}, {}
     for n in experts:
