@@ -17,28 +17,27 @@ def recipe_header(text: str) -> List[str]:
     return [line[2:] for line in text.splitlines() if line.startswith("# ")]
 
 
-def scores_path_from_recipe(text: str) -> Optional[str]:
+def header_field(text: str, pattern: str) -> Optional[str]:
+    """The first group of `pattern` in the first header line it matches (what `mechmerge recipe`
+    records there: the scores file and its hash, the random seed)."""
     for line in recipe_header(text):
-        m = re.match(r"scores: (.+?) \(sha256", line)
+        m = re.match(pattern, line)
         if m:
             return m.group(1)
     return None
+
+
+def scores_path_from_recipe(text: str) -> Optional[str]:
+    return header_field(text, r"scores: (.+?) \(sha256")
 
 
 def scores_sha_from_recipe(text: str) -> Optional[str]:
-    for line in recipe_header(text):
-        m = re.match(r"scores: .+? \(sha256 ([0-9a-f]{64})\)", line)
-        if m:
-            return m.group(1)
-    return None
+    return header_field(text, r"scores: .+? \(sha256 ([0-9a-f]{64})\)")
 
 
 def seed_from_recipe(text: str) -> Optional[int]:
-    for line in recipe_header(text):
-        m = re.match(r"random seed: (-?\d+)", line)
-        if m:
-            return int(m.group(1))
-    return None
+    seed = header_field(text, r"random seed: (-?\d+)")
+    return None if seed is None else int(seed)
 
 
 def _front_matter(cfg: Dict[str, Any]) -> str:
