@@ -26,19 +26,20 @@ def _quiet() -> Iterator[None]:
     """mergekit logs and prints progress per tensor; keep our output readable.
 
     transformers has its own logger with its own handler (it does not propagate to the root
-    and keeps the stderr it started with), so it is quieted separately: mergekit 0.1.5 sets
-    `config.torch_dtype` on the merged config, which transformers 5 answers with a
-    deprecation warning that is mergekit's, not the user's, to act on."""
-    loggers = [logging.getLogger(), logging.getLogger("transformers")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
+    and keeps the stderr it started with), so it is quieted as every model load quiets it:
+    mergekit 0.1.5 sets `config.torch_dtype` on the merged config, which transformers 5 answers
+    with a deprecation warning that is mergekit's, not the user's, to act on."""
+    from ..models.load import quiet_transformers
+
+    quiet_transformers()
+    logger = logging.getLogger()
+    level = logger.level
+    logger.setLevel(logging.ERROR)
     try:
         with contextlib.redirect_stderr(io.StringIO()):
             yield
     finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)
+        logger.setLevel(level)
 
 
 def method_spec(method: str):

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..errors import UserError
-from ..io import atomic_dir, check_output, read_json
+from ..io import atomic_dir, check_output, file_sha256, read_json
 from ..options import Options, opt
 from . import engine
 from .card import render_card, scores_path_from_recipe, scores_sha_from_recipe, seed_from_recipe
@@ -51,7 +51,6 @@ def merge(opts: MergeRunOptions) -> Path:
     scores_path = opts.scores or scores_path_from_recipe(text)
     scores = None
     if scores_path and Path(scores_path).is_file():
-        from ..io import file_sha256
         from ..scores import read_scores
 
         recorded = scores_sha_from_recipe(text)

@@ -22,7 +22,7 @@ import torch
 
 from ..errors import UserError
 from ..io import read_json
-from .families import Family, family_for
+from .families import Family, config_value, family_for
 
 # Config fields that must agree between base and experts: anything that changes the
 # shape of a tensor or the computation a tensor takes part in.
@@ -43,20 +43,16 @@ def arch_view(config: Dict) -> Dict:
     `rope_local_base_freq`) where v5 writes one `rope_parameters`, and either may leave out a
     field whose default the other writes. Falls back to the raw JSON for a model type this
     transformers does not know (remote code)."""
-    import logging
-
     from transformers import AutoConfig
 
+    from .load import quiet_transformers
+
+    quiet_transformers()  # validation warnings about the config are not ours to print
     fields = {k: v for k, v in config.items() if k != "model_type"}
-    tf_logger = logging.getLogger("transformers")
-    level = tf_logger.level
-    tf_logger.setLevel(logging.ERROR)  # validation warnings about the config are not ours to print
     try:
         cfg = AutoConfig.for_model(config.get("model_type", ""), **fields)
     except Exception:  # unknown model type, or a config this version refuses: compare the raw fields
         return {k: config.get(k) for k in ARCH_FIELDS}
-    finally:
-        tf_logger.setLevel(level)
     text = getattr(cfg, "text_config", None)  # multimodal wrappers keep the language model's fields inside
     return {k: getattr(cfg, k, getattr(text, k, None) if text is not None else None) for k in ARCH_FIELDS}
 
@@ -171,7 +167,7 @@ class Checkpoint:
 
     @property
     def num_layers(self) -> int:
-        return int(self.family.cfg(self.config, "num_hidden_layers"))
+        return int(config_value(self.config, "num_hidden_layers"))
 
     def nbytes(self) -> int:
         sizes = {"F32": 4, "F16": 2, "BF16": 2, "F64": 8, "I64": 8, "I32": 4, "I8": 1, "U8": 1, "BOOL": 1}

@@ -29,11 +29,6 @@ class Family:
     config_keys: Dict[str, str] = field(default_factory=dict)  # standard name -> this family's config name
     tied_by_default: bool = False
 
-    def cfg(self, config: Dict[str, Any], key: str) -> Any:
-        """config[key] under its standard name or the family's own (GPT-2's n_embd for hidden_size)."""
-        v = config.get(key)
-        return config.get(self.config_keys[key]) if v is None and key in self.config_keys else v
-
     def layer_of(self, param_name: str) -> Optional[int]:
         """Decoder block index of a parameter, or None outside the blocks."""
         m = re.match(re.escape(self.layers) + r"\.(\d+)\.", param_name)
@@ -92,8 +87,8 @@ def _table() -> Dict[str, Family]:
 
 
 def config_value(config: Dict[str, Any], key: str) -> Any:
-    """config[key] under its standard name, or under any family's own name for it (a partial
-    config, e.g. a scores file's record, may not say its model type)."""
+    """config[key] under its standard name, or under a family's own name for it (GPT-2's n_embd
+    for hidden_size); any family's, since a partial config may not say its model type."""
     v = config.get(key)
     if v is None:
         for fam in _table().values():

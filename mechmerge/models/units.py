@@ -128,7 +128,7 @@ def _head_units(unit: Unit, family: Family, config: dict, params: set) -> List[U
         owned = {att.get(k) for k in ("q", "k", "v", "qkv")}
         return [] if unit.kind in owned else [unit]
     n_heads, n_kv, per_group = head_groups(config)
-    hidden = int(family.cfg(config, "hidden_size"))
+    hidden = int(config_value(config, "hidden_size"))
     head_dim = int(config.get("head_dim") or hidden // n_heads)
     block = unit.name[: -len(unit.kind) - 1]
     q_w, kv_w = n_heads * head_dim, n_kv * head_dim

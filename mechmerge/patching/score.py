@@ -7,11 +7,11 @@ unit, probe-group) jobs run with a progress bar and journaled for --resume.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
 import sys
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Literal, Optional
@@ -22,6 +22,7 @@ from .. import __version__
 from ..errors import UserError
 from ..io import atomic_write_text, check_output, dumps, file_sha256
 from ..models.checkpoint import Checkpoint, check_compatible
+from ..models.families import config_value
 from ..models.load import load_model, load_tokenizer, param_order, params_by_name, resolve_device, resolve_dtype
 from ..models.memory import release_memory
 from ..models.units import Unit, discover_units, head_info
@@ -148,7 +149,7 @@ def prepare(opts: ScoreOptions) -> Setup:
     if opts.device_map:  # inputs start where the embeddings live; accelerate's hooks move them on
         device = model.get_input_embeddings().weight.device
     tokenizer = load_tokenizer([base, *experts.values()], opts.trust_remote_code)
-    max_len = base.family.cfg(base.config, "max_position_embeddings")
+    max_len = config_value(base.config, "max_position_embeddings")
     pad = pad_id_of(tokenizer)
     batches, n_probes = {}, {}
     for n in experts:
@@ -230,6 +231,12 @@ def score(opts: ScoreOptions) -> Dict[str, Any]:
     return data
 
 
+def _not_finite(whose: str, dtype: str) -> UserError:
+    """The weights were checked finite: a NaN or Inf measurement is an overflow in the compute dtype."""
+    return UserError(f"{whose} log-probability of the probes is not finite (overflow in {dtype} arithmetic?); "
+                     "score with --dtype float32")
+
+
 def assemble(setup: Setup, results: Dict[str, ExpertResult]) -> Dict[str, Any]:
     """Scores (ratios) from the measured deltas, in the documented JSON layout."""
     opts = setup.opts
@@ -242,9 +249,7 @@ def assemble(setup: Setup, results: Dict[str, ExpertResult]) -> Dict[str, Any]:
     for name, r in results.items():
         m_b, m_e = r.base.m, r.expert.m
         if not (math.isfinite(m_b) and math.isfinite(m_e)):
-            raise UserError(f"expert {name!r}: the {'base' if not math.isfinite(m_b) else 'expert'}'s log-probability "
-                            f"of the probes is not finite (overflow in {opts.dtype} arithmetic?); score with "
-                            "--dtype float32")
+            raise _not_finite(f"expert {name!r}: the {'base' if not math.isfinite(m_b) else 'expert'}'s", opts.dtype)
         gap = m_e - m_b
         a_b, a_e = r.a_base, r.a_expert
         reliable = gap > opts.min_gap
@@ -272,10 +277,7 @@ def assemble(setup: Setup, results: Dict[str, ExpertResult]) -> Dict[str, Any]:
                     continue
                 dm, da, method = r.deltas[phase][u.name]
                 if not math.isfinite(dm) or (da is not None and not math.isfinite(da)):
-                    # the weights were checked finite: this is an overflow in the compute dtype
-                    raise UserError(f"expert {name!r}, unit {u.name} ({phase}): the patched model's "
-                                    f"log-probability is not finite (overflow in {opts.dtype} arithmetic?); "
-                                    "score with --dtype float32")
+                    raise _not_finite(f"expert {name!r}, unit {u.name} ({phase}): the patched model's", opts.dtype)
                 entry[phase] = engine.safe_ratio(dm, gap)
                 entry["method"] = method
                 if phase == "patch_in" and below and da is not None:

@@ -11,13 +11,13 @@ import numpy as np
 
 from .. import __version__
 from ..errors import UserError
-from ..io import atomic_write_text, check_output
+from ..io import atomic_write_text, check_output, file_sha256
 from ..merge import engine
 from ..models.checkpoint import Checkpoint
 from ..models.load import param_order
 from ..models.units import Unit, discover_units
 from ..options import Options, opt
-from ..scores import read_scores, scores_sha256
+from ..scores import read_scores
 from . import strategies
 from .defaults import DEFAULT
 from .view import CONTROL_KEYS, SCORE_KEYS, ScoreView
@@ -82,16 +82,9 @@ def scored_units(data: Dict[str, Any]) -> Tuple[Checkpoint, List[Unit]]:
     return base, [by_name[u] for u in data["units"]]
 
 
-def unit_tensor_map(data: Dict[str, Any]) -> Tuple[List[str], Dict[str, List[str]], List[str]]:
-    """(unit names, unit -> full tensor names, all tensor names) for the scores' base."""
-    base, units = scored_units(data)
-    return [u.name for u in units], {u.name: list(u.tensors) for u in units}, list(base.tensors)
-
-
-def _half_dtype(base: str) -> Optional[str]:
+def _half_dtype(cfg: Dict[str, Any]) -> Optional[str]:
     """The base's dtype when it is 16-bit: the merge is computed in float32 (the recipe's dtype)
     and written back in the base's, instead of a float32 model twice the size of its inputs."""
-    cfg = Checkpoint.open(base, "base").config
     dtype = cfg.get("dtype") or cfg.get("torch_dtype")
     return dtype if dtype in ("bfloat16", "float16") else None
 
@@ -149,10 +142,11 @@ def make_recipe(opts: RecipeOptions, data: Optional[Dict[str, Any]] = None, writ
         # which undoes per-unit weights (a unit only one expert touches comes out at 1 whatever its
         # weight): keep B + sum_e w_e (E_e - B) unless the user asks for mergekit's normalisation
         shared.setdefault("normalize", False)
-    out_dtype = _half_dtype(data["base"])
     if data["granularity"] == "head":
-        return _head_recipe(opts, data, strat, view, user_params, key, per_model, shared, write, out_dtype)
-    units, unit_tensors, tensors = unit_tensor_map(data)
+        return _head_recipe(opts, data, strat, view, user_params, key, per_model, shared, write)
+    base, scored = scored_units(data)
+    out_dtype = _half_dtype(base.config)
+    units, unit_tensors = [u.name for u in scored], {u.name: list(u.tensors) for u in scored}
     experts = {e: data["experts"][e]["model"] for e in view.experts}
 
     def config_for(params: Dict[str, Any]) -> Tuple[Dict[str, Any], np.ndarray]:
@@ -176,7 +170,7 @@ def make_recipe(opts: RecipeOptions, data: Optional[Dict[str, Any]] = None, writ
 
         params, table = run_calibration(strat, user_params, config_for, data, view.experts, opts)
     cfg, w = config_for(params)
-    check_resolution(cfg, tensors, units, unit_tensors, w, view.experts)
+    check_resolution(cfg, list(base.tensors), units, unit_tensors, w, view.experts)
     engine.validate(cfg)
     header = _header(opts, data, strat.name, params, key, table)
     recipe = Recipe(cfg, to_yaml(cfg, header), strat.name, params, key, w, view.experts, units, table)
@@ -186,7 +180,7 @@ def make_recipe(opts: RecipeOptions, data: Optional[Dict[str, Any]] = None, writ
 
 
 def _head_recipe(opts: RecipeOptions, data: Dict[str, Any], strat, view: ScoreView, params: Dict[str, Any], key: str,
-                 per_model: Dict[str, Any], shared: Dict[str, Any], write: bool, out_dtype: Optional[str]) -> Recipe:
+                 per_model: Dict[str, Any], shared: Dict[str, Any], write: bool) -> Recipe:
     """Per-head weights folded into derived experts (see heads.py); no calibration, since
     every candidate would need its own derived experts on disk."""
     from . import heads
@@ -197,6 +191,7 @@ def _head_recipe(opts: RecipeOptions, data: Dict[str, Any], strat, view: ScoreVi
     if not write:
         raise UserError("head-granularity recipes reference derived experts and must be written to disk")
     base, units = scored_units(data)
+    out_dtype = _half_dtype(base.config)
     w = strat(view, **params)
     names, unit_tensors, folded = heads.fold_units(units, w)
     out_dir = Path(opts.derive_dir) if opts.derive_dir else Path(opts.out).with_name(Path(opts.out).stem + ".experts")
@@ -223,7 +218,7 @@ def _head_recipe(opts: RecipeOptions, data: Dict[str, Any], strat, view: ScoreVi
 
 def _header(opts: RecipeOptions, data: Dict[str, Any], strategy: str, params: Dict[str, Any], key: str,
             table: Optional[List[Dict[str, Any]]]) -> List[str]:
-    sha = scores_sha256(opts.scores) if Path(opts.scores).is_file() else "(in memory)"
+    sha = file_sha256(opts.scores) if Path(opts.scores).is_file() else "(in memory)"
     lines = [
         f"Written by mechmerge {__version__}: `mechmerge recipe`. Runs as is with `mergekit-yaml THIS_FILE OUT_DIR`.",
         f"scores: {opts.scores} (sha256 {sha})",
@@ -234,7 +229,7 @@ def _header(opts: RecipeOptions, data: Dict[str, Any], strategy: str, params: Di
         lines.append(f"random seed: {opts.seed} (the {opts.method} masks; `mechmerge merge` reads it from here, "
                      f"`mergekit-yaml --random-seed {opts.seed}` reproduces them)")
     if table:
-        best = next((r for r in table if r.get("chosen")), max(table, key=lambda r: r["rank_key"]))
+        best = next(r for r in table if r.get("chosen"))
         lines.append(f"calibrated on the scoring probes over {len(table)} candidates: "
                      f"{opts.objective} {best['objective']:.4f} (per expert: {_fmt(best[opts.objective])}; "
                      f"log-prob recovery {_fmt(best['recovery'])})")

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Dict
 
 from ..errors import UserError
+from ..io import read_json
 
 FORMAT = "mechmerge.scores"
 VERSION = 1
@@ -36,8 +37,6 @@ SCORE_KEYS = ("patch_in", "knockout", "anchor")
 
 def read_scores(path: str | Path) -> Dict[str, Any]:
     """Load and validate a scores file; errors say what is wrong and where."""
-    from ..io import read_json
-
     data = read_json(path, "scores file")
     validate_scores(data, str(path))
     return data
@@ -71,9 +70,3 @@ def validate_scores(data: Any, where: str = "scores") -> None:
                 if v is not None and (not isinstance(v, (int, float)) or not math.isfinite(v)):
                     raise UserError(f"{where}: experts.{name}.modules.{u}.{k} is {v!r}, expected a finite number "
                                     "or null")
-
-
-def scores_sha256(path: str | Path) -> str:
-    from ..io import file_sha256
-
-    return file_sha256(path)
