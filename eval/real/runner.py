@@ -57,7 +57,6 @@ class Stage:
     # requirements' built_ids and the stage's --set values, so they are never reused for others.
     stamp_work: bool = False
     volatile: Tuple[str, ...] = ()  # --set keys that change speed or output only, not results
-    dry: Tuple[str, ...] = ()  # --set flags under which the stage computes nothing: --redo keeps its work
     redo_clears: bool = True  # False: a cache that checks its own protocol survives --redo (re-rendering)
 
 
@@ -65,12 +64,12 @@ STAGES: Registry[Stage] = Registry("stage")
 
 
 def stage(name: str, artifact: str, requires: Sequence[str] = (), stamp_work: bool = False,
-          volatile: Sequence[str] = (), dry: Sequence[str] = (), redo_clears: bool = True):
+          volatile: Sequence[str] = (), redo_clears: bool = True):
     """Register `fn(ctx, out) -> summary dict` as stage `name`, building `<root>/<artifact>`."""
     def deco(fn):
         doc = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""  # shown by --list
         STAGES.register(name)(Stage(name, fn, artifact, tuple(requires), doc, stamp_work, tuple(volatile),
-                                             tuple(dry), redo_clears))
+                                             redo_clears))
         return fn
 
     return deco
@@ -162,15 +161,13 @@ def check_work(ctx: Context, st: Stage, inputs: Dict[str, str], fresh: bool) -> 
     stamp = {"inputs": inputs, "set": {k: v for k, v in sorted(ctx.params.items())
                                        if k.startswith(st.name + ".") and k.split(".", 1)[1] not in st.volatile}}
     f = work / "stamp.json"
-    # --redo keeps the work of a dry run (an interim table over a finished run: clearing would leave
-    # nothing to show) and of a stage whose cache checks its own protocol (it re-renders from it)
-    keep = fresh and (not st.redo_clears or any(ctx.param(f"{st.name}.{k}", False) for k in st.dry))
     if work.is_dir():
         old = json.loads(f.read_text()) if f.is_file() else None
-        if (fresh and not keep) or (old is not None and old["inputs"] != inputs):
+        # a stage whose cache checks its own protocol keeps it through --redo, and re-renders from it
+        if (fresh and st.redo_clears) or (old is not None and old["inputs"] != inputs):
             ctx.log(f"[{st.name}] clearing {work}: " + ("--redo" if fresh else "a requirement was rebuilt since"))
             shutil.rmtree(work)
-        elif old is not None and old["set"] != stamp["set"] and not (fresh and not st.redo_clears):
+        elif old is not None and old["set"] != stamp["set"] and not fresh:
             raise UserError(f"{work} holds results computed with --set {_fmt_set(old['set'])}, not "
                             f"{_fmt_set(stamp['set'])}: pass the same values to resume, or --redo {st.name} "
                             "to start it over")

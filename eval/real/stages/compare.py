@@ -42,7 +42,7 @@ from mechmerge.scores import read_scores
 
 from .. import metrics
 from ..artifacts import experts, probes_file, publish_dir, write_json
-from ..runner import Context, StageStopped, manifest_of, stage
+from ..runner import Context, StageStopped, stage
 
 
 # The default strategy and the conflict-aware one (issue 7 asks for it in the harness); the
@@ -138,22 +138,15 @@ def project(t: Dict[str, float], names: List[str], opts: CompareOptions, pair: L
 
 
 @stage("compare", artifact="compare", requires=("finetune", "score"), stamp_work=True,
-       volatile=("workers", "partial", "progress", "estimate_only", "batch_size", "sizes"),
-       dry=("partial", "estimate_only"), redo_clears=False)
+       volatile=("workers", "partial", "progress", "estimate_only", "batch_size", "sizes"), redo_clears=False)
 def compare_stage(ctx: Context, out: Path) -> Dict[str, Any]:
     """mechmerge's comparison harness (guided mix and conflict vs tuned uniform merges, random/magnitude controls)."""
     work = ctx.work("compare")
     run_dir = work / "run"
-    scores_src = ctx.artifact("score") / "scores.json"
-    built = manifest_of(ctx.artifact("score"))["built_id"]
-    stamp = run_dir / "scores.built_id"
-    if run_dir.exists() and (not stamp.is_file() or stamp.read_text() != built):
-        ctx.log(f"  the scores were rebuilt since {run_dir} was started: starting over")
-        shutil.rmtree(run_dir)
+    # a rebuilt score stage has cleared this folder already (the runner's work stamp)
     run_dir.mkdir(parents=True, exist_ok=True)
     if not (run_dir / "scores.json").is_file():
-        shutil.copyfile(scores_src, run_dir / "scores.json")
-        stamp.write_text(built)
+        shutil.copyfile(ctx.artifact("score") / "scores.json", run_dir / "scores.json")
     max_new = ctx.param("compare.max_new_tokens", 96)
     suite = write_suite(ctx, work / "suite.json", max_new)
     opts = CompareOptions(
