@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import itertools
 import sys
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
@@ -30,13 +31,14 @@ from ..merge import engine as mk
 from ..models.checkpoint import Checkpoint
 from ..models.load import load_model, load_tokenizer, overwrite_params, params_by_name, resolve_device, resolve_dtype
 from ..options import Options, opt
+from ..patching.score import ScoreOptions
 from ..recipe import strategies
 from ..recipe.build import RecipeOptions, make_recipe
 from ..recipe.defaults import DEFAULT
 from .cache import load_cache, protocol_of, save_cache
-from .workers import run_workers, shard_of
 from .run import Evaluator
 from .suite import Suite
+from .workers import run_workers, shard_of
 
 
 @dataclass
@@ -71,10 +73,11 @@ class CompareOptions(Options):
         parse_sizes(self.sizes)
         for name in self.strategies_:
             strategies.get(name)
-        if self.score_method not in ("exact", "attribution", "hybrid"):
+        methods = typing.get_args(typing.get_type_hints(ScoreOptions)["method"])  # the scorer's own choices
+        if self.score_method not in methods:
             from ..errors import unknown
 
-            raise unknown("score method", self.score_method, ("exact", "attribution", "hybrid"))
+            raise unknown("score method", self.score_method, methods)
         if self.workers < 1:
             raise UserError(f"--workers {self.workers}: expected 1 or more")
         if self.shard:
@@ -284,7 +287,7 @@ def prepare_scores(opts: CompareOptions) -> Tuple[Suite, Path, Path]:
         raise UserError(f"--partial computes nothing, and {scores_path} does not exist: the comparison has not "
                         "started in this folder (run it without --partial)")
     if not scores_path.exists():
-        from ..patching.score import ScoreOptions, score
+        from ..patching.score import score
 
         if opts.progress:
             print(f"scoring {len(suite.experts)} experts of {suite.name} ...", file=sys.stderr)
