@@ -18,13 +18,16 @@ python - "$R" "$O/suite.json" <<'PY'
 import json, sys
 from pathlib import Path
 from eval.real import metrics
-R, out = Path(sys.argv[1]), sys.argv[2]
+R, out = Path(sys.argv[1]).resolve(), sys.argv[2]
+home = Path.home().resolve()
+# "~/..." where the cache is under the home folder: the suite is committed with the results
+where = (lambda p: "~/" + str(p.relative_to(home))) if R.is_relative_to(home) else str
 pair = ["uppercase", "json"]
 data = R / "data"
-suite = {"name": "smollm2-ifeval-pair", "base": str(R / "base"),
-         "experts": {n: str(R / "experts" / n) for n in pair},
-         "splits": {s: {n: str(data / n / f"{s}.jsonl") for n in pair} for s in ("score", "dev", "test")},
-         "quality": {"test": {"plain": str(data / "plain" / "test.jsonl")}},
+suite = {"name": "smollm2-ifeval-pair", "base": where(R / "base"),
+         "experts": {n: where(R / "experts" / n) for n in pair},
+         "splits": {s: {n: where(data / n / f"{s}.jsonl") for n in pair} for s in ("score", "dev", "test")},
+         "quality": {"test": {"plain": where(data / "plain" / "test.jsonl")}},
          "metrics": {n: metrics.name_of(n) for n in pair}, "max_new_tokens": 96}
 Path(out).write_text(json.dumps(suite, indent=1))
 PY

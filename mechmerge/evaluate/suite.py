@@ -60,8 +60,9 @@ class Suite:
                             "splits: {score|dev|test: {TASK: FILE}}, ...}; see `mechmerge compare --help`)")
         root = p.parent
 
-        def rel(x: str) -> str:
-            return str(root / x) if not Path(x).is_absolute() else x
+        def rel(x: str) -> str:  # "~/..." is the user's home; other relative paths, this file's folder
+            q = Path(x).expanduser()
+            return str(q if q.is_absolute() else root / q)
 
         return cls(
             name=d.get("name", p.stem), base=rel(d["base"]),

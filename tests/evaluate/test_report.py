@@ -81,3 +81,21 @@ def test_the_shipped_zoo_is_a_suite():
     assert set(s.retention) == {"dev", "test"} and set(s.retention["test"]) == {"copy", "twice"}
     s.check()  # every model and probe file is there
     assert all(Path(f).is_file() for m in s.splits.values() for f in m.values())
+
+
+def test_suite_paths_resolve_against_the_file_and_home(tmp_path, monkeypatch):
+    import json
+
+    from mechmerge.evaluate.suite import Suite
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("HOME", str(home))
+    d = tmp_path / "suites"
+    d.mkdir()
+    (d / "s.json").write_text(json.dumps({
+        "base": "models/base", "experts": {"a": "~/cache/a", "b": str(tmp_path / "abs" / "b")},
+        "splits": {"dev": {"a": "../probes/a.jsonl"}}}))
+    s = Suite.from_file(str(d / "s.json"))
+    assert s.base == str(d / "models" / "base")
+    assert s.experts == {"a": str(home / "cache" / "a"), "b": str(tmp_path / "abs" / "b")}
+    assert s.splits["dev"]["a"] == str(d / ".." / "probes" / "a.jsonl")
