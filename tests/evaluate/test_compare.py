@@ -188,3 +188,26 @@ def test_partial_reports_the_complete_combinations_without_computing(pair_suite,
     assert (run / "results-partial.png").is_file() and not (run / "results.md").exists()
     with pytest.raises(UserError, match="--partial computes nothing"):
         cmp.compare(opts(trio, run, partial=True, workers=2))
+
+
+def test_a_failing_worker_stops_the_others_at_once(trio_suite, tmp_path, monkeypatch):
+    """Shard 1 (a+b, b+c) fails on its first verdict on b; shard 2 (a+c) would take minutes (c's
+    metric sleeps), so the run ends quickly only if the parent stops shard 2 when shard 1 fails."""
+    import time
+
+    suite, scores = trio_suite
+    (tmp_path / "slowmetrics.py").write_text(
+        "import time\n"
+        "def broken(pred, probe):\n    raise RuntimeError('metric b is broken')\n"
+        "def slow(pred, probe):\n    time.sleep(120)\n    return True\n")
+    monkeypatch.syspath_prepend(str(tmp_path))  # spawned workers start with the parent's sys.path
+    d = json.loads(suite.read_text())
+    d["metrics"] = {"b": "slowmetrics:broken", "c": "slowmetrics:slow"}
+    suite.write_text(json.dumps(d))
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "scores.json").write_text(scores)
+    t0 = time.monotonic()
+    with pytest.raises(UserError, match=r"workers \[1\] of 2 failed .*stopped \[2\]"):
+        cmp.compare(opts(suite, out, workers=2))
+    assert time.monotonic() - t0 < 100  # shard 2 alone would sleep 120 s per verdict on c
