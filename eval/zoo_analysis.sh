@@ -35,7 +35,7 @@ mechmerge recipe $O/scores.json --expert rev --expert shift --out $O/modules-mix
 evaluate $O/modules-mix.yaml $O/modules-mix.eval.json
 
 # 4. first-order scores against the exact ones of section 2, same probes: attribution, and hybrid (exact for
-#    each direction's top 10 and the units whose estimates could place them there)
+#    the top ceil(1.5 x 10) units of each first-order estimate, patch_in's and knockout's)
 for m in attribution hybrid; do
   mechmerge score --base $Z/base $(pairs rev shift sort add) --method $m --out $O/scores-$m.json --force --no-progress
   mechmerge agree $O/scores.json $O/scores-$m.json | tee $O/agree-$m.txt

@@ -92,6 +92,15 @@ def test_eval_and_plot_refuse_impossible_values(scored_pair, tmp_path, capsys):
     refused(["plot", tmp_path / "l.json"], capsys, "got a JSON list")
 
 
+def test_score_refuses_a_ci_level_that_is_not_a_fraction(scored_pair, tmp_path, capsys):
+    d, scores = scored_pair
+    out = tmp_path / "s.json"
+    for level in ("95", "0", "1"):
+        refused(["score", "--base", d / "base", "--expert", f"a={d / 'a'}", "--probes", f"a={d / 'a.jsonl'}",
+                 "--out", out, "--bootstrap", "10", "--ci-level", level], capsys, "--ci-level is a fraction, e.g. 0.95")
+    assert not out.exists() and not list(tmp_path.iterdir())  # no scores, no journal
+
+
 def test_compare_checks_its_suite_and_options_before_any_work(scored_pair, tmp_path, capsys):
     d, scores = scored_pair
     good = {"name": "pair", "base": str(d / "base"), "experts": {"a": str(d / "a"), "b": str(d / "b")},

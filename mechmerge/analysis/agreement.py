@@ -5,11 +5,13 @@ them (`--method attribution` or `hybrid` against `--method exact` on a few probe
 two probe sets against each other. Per expert and score: the Spearman correlation over
 the units that differ between base and expert (identical units score 0 in both and
 would inflate it), how many of the reference's top K the other file also ranks in its
-top K, and the largest absolute difference.
+top K, and the largest absolute difference. Experts of REFERENCE that OTHER lacks are
+skipped and listed (`missing` in the JSON, a line under the table, a note on stderr).
 """
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
@@ -20,6 +22,7 @@ from ..io import atomic_write_text, check_output, dumps
 from ..options import Options, opt
 from ..scores import SCORE_KEYS, read_scores
 from .stats import spearman
+
 
 @dataclass
 class AgreeOptions(Options):
@@ -60,8 +63,12 @@ def agree(opts: AgreeOptions) -> Dict[str, Any]:
     if len(missing) == len(ref["experts"]):
         raise UserError(f"no expert of {opts.reference} ({', '.join(ref['experts'])}) is in {opts.other}")
     out = check_output(opts.out, opts.force, "agreement file") if opts.out else None
+    if missing:  # compared on the others; said, so a shorter table is not read as complete
+        print(f"note: {opts.other} lacks expert(s) {', '.join(map(repr, missing))} of {opts.reference}; "
+              "comparing the others only", file=sys.stderr)
     result: Dict[str, Any] = {"reference": {"file": opts.reference, "method": ref.get("method")},
-                              "other": {"file": opts.other, "method": other.get("method")}, "experts": {}}
+                              "other": {"file": opts.other, "method": other.get("method")}, "experts": {},
+                              "missing": missing}
     for name, e in ref["experts"].items():
         if name in other["experts"]:
             rows = {key: compare_expert(e, other["experts"][name], key, opts.top_k) for key in SCORE_KEYS}
@@ -80,4 +87,6 @@ def table(result: Dict[str, Any]) -> str:
             rho = "n/a" if r["spearman"] is None else f"{r['spearman']:.3f}"
             lines.append(f"{name:<14} {key:<9} {r['units']:>5} {rho:>9} "
                          f"{r['top_k_overlap']:>3}/{r['k']:<3} {r['max_abs_diff']:>11.2e}")
+    if result.get("missing"):
+        lines.append(f"not in {result['other']['file']}, not compared: {', '.join(result['missing'])}")
     return "\n".join(lines)

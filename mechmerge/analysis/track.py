@@ -3,10 +3,14 @@
 Every checkpoint is scored as an expert against the base on the same probes. Between
 consecutive checkpoints (i -> j):
   distance      1 − Jaccard(top-K_i, top-K_j): overall, among attention units, among MLP units
-  stability     Spearman correlation of the full patch_in vectors
+  stability     Spearman correlation of the patch_in vectors over the units that differ
+                from the base in at least one of the two (units identical in both score 0 in
+                both and would inflate it, as in `agree`); None below two such units
   faithfulness  recovery of checkpoint j's behaviour by patching top-K_i from j into the
                 base (1.0: the earlier map still explains the later model), next to
-                top-K_j itself and the two same-size controls (random, largest ‖E − B‖)
+                top-K_j itself and the two controls of top-K_i's size (random, largest ‖E − B‖)
+A checkpoint no better than the base on the probes (gap <= --min-gap of `score`) is
+flagged unreliable in the JSON and on stderr: its scores are noise, or flipped in sign.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Literal, Optional
+from typing import Any, Dict, List, Literal, Optional, Tuple
 
 import numpy as np
 
@@ -48,8 +52,27 @@ class TrackOptions(Options):
 
 
 def jaccard_distance(a: List[str], b: List[str]) -> Optional[float]:
+    """None when both sets are empty (neither checkpoint has a unit with positive patch_in)."""
     sa, sb = set(a), set(b)
     return None if not (sa | sb) else 1.0 - len(sa & sb) / len(sa | sb)
+
+
+def stability(vi: np.ndarray, vj: np.ndarray, changed: np.ndarray) -> Tuple[Optional[float], int]:
+    """(Spearman of vi and vj over the units where `changed`, how many): [n_units] each.
+    Units identical to the base in both checkpoints are exact zeros in both; a block of
+    shared zeros correlates with itself and would hide how the changed units reorder."""
+    n = int(changed.sum())
+    return (spearman(vi[changed], vj[changed]) if n > 1 else None), n
+
+
+def _fmt(x: Optional[float], spec: str) -> str:
+    return "n/a" if x is None else format(x, spec)
+
+
+def warn_unreliable(name: str, gap: float) -> None:
+    print(f"warning: checkpoint {name!r} is not better than the base on the probes (m(E)-m(B) = {gap:.4g} "
+          "nats/token); its scores are unreliable (a negative gap flips their sign), and so are the "
+          "transitions from and to it: check the checkpoint and the probe set", file=sys.stderr)
 
 
 def track(opts: TrackOptions) -> Dict[str, Any]:
@@ -65,6 +88,11 @@ def track(opts: TrackOptions) -> Dict[str, Any]:
                          force=opts.force, progress=opts.progress)
     data = score(sopts)
     from ..recipe.taskvectors import magnitudes
+
+    reliable = {n: bool(data["experts"][n]["reliable"]) for n in opts.checkpoints}
+    for n, ok in reliable.items():
+        if not ok:  # printed even with --no-progress: every number involving n is suspect
+            warn_unreliable(n, data["experts"][n]["baseline"]["gap"])
 
     names = list(opts.checkpoints)
     units = list(data["units"])
@@ -83,26 +111,33 @@ def track(opts: TrackOptions) -> Dict[str, Any]:
     for i, j in zip(names, names[1:]):
         ej = data["experts"][j]
         bl = {"base": ej["baseline"]["base"], "expert": ej["baseline"]["expert"]}
-        vi = np.array([data["experts"][i]["modules"][u]["patch_in"] for u in units])
-        vj = np.array([ej["modules"][u]["patch_in"] for u in units])
-        ctl = sets.controls(units, len(top[j]["all"]), norms[j], opts.seed)  # the size of the set they control for
+        mi, mj = data["experts"][i]["modules"], ej["modules"]
+        vi = np.array([mi[u]["patch_in"] for u in units])
+        vj = np.array([mj[u]["patch_in"] for u in units])
+        rho, n_changed = stability(vi, vj, np.array([not (mi[u]["identical"] and mj[u]["identical"]) for u in units]))
+        # the controls stand next to earlier_top, the headline number: the same size as that set
+        # (smaller than K when checkpoint i has fewer than K units with positive patch_in)
+        ctl = sets.controls(units, len(top[i]["all"]), norms[j], opts.seed)
         faith = {name: sets.recovery(setup, j, [by_name[u] for u in s], bl)
                  for name, s in {"earlier_top": top[i]["all"], "own_top": top[j]["all"], **ctl}.items()}
         transitions.append({
             "from": i, "to": j,
             "distance": {k: jaccard_distance(top[i][k], top[j][k]) for k in ("all", "attention", "mlp")},
-            "stability": spearman(vi, vj),
+            "stability": rho,
+            "stability_units": n_changed,
             "faithfulness": faith,
             "controls": ctl,
         })
         if opts.progress:
-            print(f"{i} -> {j}: distance {transitions[-1]['distance']['all']:.2f}, stability "
-                  f"{transitions[-1]['stability']:.2f}, faithfulness of {i}'s top-{K} on {j}: "
+            print(f"{i} -> {j}: distance {_fmt(transitions[-1]['distance']['all'], '.2f')}, stability "
+                  f"{_fmt(rho, '.2f')} over {n_changed} changed units, faithfulness of {i}'s top-{K} on {j}: "
                   f"{faith['earlier_top']:.3f} (own {faith['own_top']:.3f}, random {faith['random']:.3f}, "
                   f"magnitude {faith['magnitude']:.3f})", file=sys.stderr)
-    result = {"format": FORMAT, "version": 1, "base": opts.base, "probes": opts.probes, "top_k": K,
+    # version 2: stability over changed units only (with stability_units), controls of earlier_top's
+    # size, per-checkpoint reliable flags
+    result = {"format": FORMAT, "version": 2, "base": opts.base, "probes": opts.probes, "top_k": K,
               "checkpoints": names, "scores": str(Path(f"{out}.scores.json")),
-              "gaps": {n: data["experts"][n]["baseline"]["gap"] for n in names},
+              "gaps": {n: data["experts"][n]["baseline"]["gap"] for n in names}, "reliable": reliable,
               "top": top, "patch_in": {n: {u: data["experts"][n]["modules"][u]["patch_in"] for u in units}
                                        for n in names},
               "transitions": transitions}

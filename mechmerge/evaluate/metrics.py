@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 from typing import Callable
 
-from ..errors import UserError
+from ..errors import UserError, did_you_mean
 from ..probes import Probe
 from ..registry import Registry
 from .generate import exact_match, normalize
@@ -27,6 +27,11 @@ class _Metrics(Registry[Metric]):
                 return getattr(importlib.import_module(module), attr)
             except (ImportError, AttributeError) as e:
                 raise UserError(f"metric {name!r} cannot be imported ({e})") from None
+        if name not in self:
+            # `logprob` is handled by the evaluator (no generation, so no metric function) and
+            # plugins by the branch above; both belong in the list of what is valid
+            raise UserError(f"unknown metric {name!r}{did_you_mean(name, [*self.names(), 'logprob'])}; valid: "
+                            f"{', '.join(sorted([*self.names(), 'logprob']))}, or package.module:function")
         return super().get(name)
 
 

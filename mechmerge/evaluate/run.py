@@ -73,7 +73,13 @@ def per_probe_logprob(runner: LayerRunner, batches: Sequence, n_probes: int) -> 
 
 
 def quartiles(confidence: np.ndarray) -> np.ndarray:
-    """Quartile index (0 = least confident) of each probe; stable under ties."""
+    """Quartile index (0 = least confident) of each probe: [n_probes] -> [n_probes] in 0..3.
+
+    The probes sorted by confidence are cut by `np.array_split`, so the first n % 4 quartiles
+    hold one probe more (n = 6: sizes 2, 2, 1, 1). Probes with equal confidence keep their file
+    order and may be split across two quartiles at a cut: bands stay near-equal in size, and the
+    split is the same for every model evaluated against the same base, so comparisons between
+    models are unaffected. Exact float ties are rare (duplicate probes, in practice)."""
     order = np.argsort(confidence, kind="stable")
     q = np.empty(len(confidence), dtype=np.int64)
     for i, chunk in enumerate(np.array_split(order, 4)):

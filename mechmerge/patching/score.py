@@ -91,6 +91,10 @@ class ScoreOptions(Options):
             raise UserError("--batch-size must be at least 1")
         if self.top_k < 1:
             raise UserError("--top-k must be at least 1")
+        if not 0 < self.ci_level < 1:
+            # unchecked, 95 failed in np.percentile only after every measurement, and its journal
+            # (fingerprinted with 95) refused a --resume with 0.95: all of it ran again
+            raise UserError(f"--ci-level {self.ci_level:g}: --ci-level is a fraction, e.g. 0.95 for 95 % intervals")
         if self.hybrid_margin < 1:
             raise UserError("--hybrid-margin must be at least 1 (1: each estimate's top K only)")
         if self.device_map is not None and self.device_map not in DEVICE_MAPS:

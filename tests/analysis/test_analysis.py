@@ -32,6 +32,8 @@ def test_track_between_checkpoints(scored_pair, early, tmp_path):
     assert set(t["top"]["early"]["all"]) == set(t["top"]["late"]["all"]) == planted
     tr = t["transitions"][0]
     assert tr["distance"]["all"] == 0.0 and tr["distance"]["mlp"] == 0.0
+    assert tr["stability_units"] == 2  # both changed only the planted units: the rest are left out
+    assert t["reliable"] == {"early": True, "late": True}
     # both planted units together are the whole difference: patching them recovers everything
     assert tr["faithfulness"]["earlier_top"] == pytest.approx(1.0, abs=1e-6)
     assert tr["faithfulness"]["random"] < 0.5
@@ -88,7 +90,7 @@ def test_heatmaps(scored_pair, tmp_path):
     assert {p.name for p in tmp_path.glob("*.png")} == {"heatmap-a.png", "heatmap-b.png"}
 
 
-def test_agree(scored_pair, tmp_path):
+def test_agree(scored_pair, tmp_path, capsys):
     d, scores = scored_pair
     data = json.loads(scores.read_text())
     for e in data["experts"].values():  # every unit measured, with distinct scores
@@ -108,6 +110,16 @@ def test_agree(scored_pair, tmp_path):
     assert r["a"]["patch_in"]["max_abs_diff"] == len(mods)
     assert r["a"]["knockout"]["top_k_overlap"] == 3 and r["a"]["knockout"]["spearman"] == pytest.approx(1.0)
     assert r["b"]["patch_in"]["max_abs_diff"] == 0.0 and r["b"]["patch_in"]["units"] == len(mods)
+    assert json.loads((tmp_path / "agree.json").read_text())["missing"] == []
+    # an expert OTHER lacks: the others are compared, and the missing one is named, not silently dropped
+    capsys.readouterr()
+    del data["experts"]["b"]
+    other.write_text(json.dumps(data))
+    assert run("agree", ref, other, "--out", tmp_path / "partial.json") == 0
+    out, err = capsys.readouterr()
+    partial = json.loads((tmp_path / "partial.json").read_text())
+    assert list(partial["experts"]) == ["a"] and partial["missing"] == ["b"]
+    assert f"{other} lacks expert(s) 'b' of {ref}" in err and f"not in {other}, not compared: b" in out
     # another model's units: refused
     data["units"] = {f"x{u}": v for u, v in data["units"].items()}
     other.write_text(json.dumps(data))
@@ -115,18 +127,88 @@ def test_agree(scored_pair, tmp_path):
 
 
 def test_spearman_gives_tied_values_their_mean_rank():
-    """A block of units a fine-tune left untouched (exact zeros in both vectors) must not invent a
-    correlation: ordinal ranks order the zeros by position."""
+    """Ordinal ranks would order tied values by position and invent a correlation among them."""
+    import numpy as np
+
+    from mechmerge.analysis.stats import average_ranks, spearman
+
+    assert list(average_ranks(np.array([3.0, 0.0, 0.0, 1.0, 0.0]))) == [4.0, 1.0, 1.0, 3.0, 1.0]
+    x = np.array([0.0, 0.0, 0.0, 1.0, 2.0])
+    y = np.array([0.0, 0.0, 0.0, 2.0, 1.0])
+    assert spearman(x, y) == pytest.approx(float(np.corrcoef([1, 1, 1, 3, 4], [1, 1, 1, 4, 3])[0, 1]), abs=1e-12)
+    assert spearman(x, x) == pytest.approx(1.0)
+
+
+def test_stability_leaves_out_units_neither_checkpoint_changed():
+    """Mean ranks do not save a block of shared zeros: 60 units both checkpoints left untouched and 20
+    changed units in reversed order correlate at 0.946 over all 80, a stable map by appearance, while
+    the changed units alone are exactly anti-correlated. Track's stability, like `agree`, keeps only
+    units that differ from the base (here: in at least one of the two checkpoints)."""
     import numpy as np
 
     from mechmerge.analysis.stats import spearman
+    from mechmerge.analysis.track import stability
 
     x = np.r_[np.zeros(60), np.arange(1.0, 21.0)]
     y = np.r_[np.zeros(60), np.arange(20.0, 0.0, -1.0)]
-    ranks_x = np.r_[np.full(60, 29.5), np.arange(60.0, 80.0)]  # worked out by hand
-    ranks_y = np.r_[np.full(60, 29.5), np.arange(79.0, 59.0, -1.0)]
-    assert spearman(x, y) == pytest.approx(float(np.corrcoef(ranks_x, ranks_y)[0, 1]), abs=1e-12)
-    assert spearman(x, x) == pytest.approx(1.0)
+    assert spearman(x, y) == pytest.approx(0.946, abs=1e-3)  # the inflated value over every unit
+    changed = np.r_[np.zeros(60, bool), np.ones(20, bool)]
+    rho, n = stability(x, y, changed)
+    assert rho == pytest.approx(-1.0, abs=1e-12) and n == 20
+    # a unit only one checkpoint changed scores 0 in the other: it moved, and it counts
+    changed[0] = True
+    x[0] = 100.0
+    assert stability(x, y, changed)[1] == 21
+    assert stability(x, y, np.zeros(80, bool)) == (None, 0)  # nothing changed: no correlation to give
+
+
+def test_track_where_no_checkpoint_carries_anything(scored_pair, tmp_path, capsys):
+    """Two checkpoints identical to the base: no unit has positive patch_in, the top sets are empty and
+    the distance undefined. The progress line says n/a, the JSON is written, the plot says why it is
+    empty, and each checkpoint is flagged unreliable with a warning even under --no-progress."""
+    import shutil
+
+    d, scores = scored_pair
+    for n in ("c1", "c2"):
+        shutil.copytree(d / "base", tmp_path / n)
+    args = ["track", "--base", d / "base", "--checkpoint", f"c1={tmp_path / 'c1'}", "--checkpoint",
+            f"c2={tmp_path / 'c2'}", "--probes", d / "a.jsonl", "--top-k", "3"]
+    out = tmp_path / "t.json"
+    capsys.readouterr()
+    assert run(*args, "--out", out) == 0
+    err = capsys.readouterr().err
+    assert "c1 -> c2: distance n/a, stability n/a over 0 changed units" in err
+    t = json.loads(out.read_text())
+    tr = t["transitions"][0]
+    assert t["top"]["c1"]["all"] == t["top"]["c2"]["all"] == [] and tr["distance"]["all"] is None
+    assert tr["stability"] is None and tr["stability_units"] == 0
+    assert t["reliable"] == {"c1": False, "c2": False}
+    assert run("plot", out, "--out", tmp_path) == 0 and (tmp_path / "t.png").stat().st_size > 1000
+    assert run(*args, "--out", tmp_path / "quiet.json", "--no-progress") == 0
+    err = capsys.readouterr().err
+    assert "warning: checkpoint 'c1' is not better than the base" in err and "checkpoint 'c2'" in err
+    assert "->" not in err  # quiet otherwise
+
+
+def test_track_controls_have_the_size_of_the_earlier_set(scored_pair, tmp_path):
+    """A checkpoint with one changed unit before one with two, top-3: the earlier top set has one unit,
+    so its random and magnitude controls have one too (not the later set's two)."""
+    d, scores = scored_pair
+    one = plant_expert(d / "base", tmp_path / "one", ["model.layers.0.self_attn.v_proj"], d / "a.jsonl", steps=10)
+    out = tmp_path / "t.json"
+    assert run("track", "--base", d / "base", "--checkpoint", f"one={one}", "--checkpoint", f"late={d / 'a'}",
+               "--probes", d / "a.jsonl", "--out", out, "--top-k", "3", "--no-progress") == 0
+    t = json.loads(out.read_text())
+    assert t["top"]["one"]["all"] == ["model.layers.0.self_attn.v_proj"] and len(t["top"]["late"]["all"]) == 2
+    tr = t["transitions"][0]
+    assert {k: len(v) for k, v in tr["controls"].items()} == {"random": 1, "magnitude": 1}
+    # stability over the units either checkpoint changed: v_proj in both, down_proj in the later one only
+    from mechmerge.analysis.stats import spearman
+
+    changed = ["model.layers.0.self_attn.v_proj", "model.layers.1.mlp.down_proj"]
+    assert tr["stability_units"] == 2
+    expected = spearman(*[[t["patch_in"][n][u] for u in changed] for n in ("one", "late")])
+    assert tr["stability"] == pytest.approx(expected, abs=1e-9)  # (the JSON rounds the scores)
 
 
 def test_conflict_measures_on_the_scorings_own_setup(scored_pair):

@@ -14,6 +14,19 @@ def test_quartiles_split_by_confidence():
     assert sorted(np.bincount(q)) == [2, 2, 2, 2]
     assert set(q[np.argsort(conf)[:2]]) == {0} and set(q[np.argsort(conf)[-2:]]) == {3}
     assert list(quartiles(np.zeros(5))) == [0, 0, 1, 2, 3]  # ties: stable
+    # np.array_split: the first n % 4 quartiles take the extra probes (not every other one)
+    assert list(np.bincount(quartiles(np.arange(6.0)))) == [2, 2, 1, 1]
+
+
+def test_an_unknown_metric_lists_every_valid_form():
+    """logprob is handled by the evaluator, not registered: the message must still offer it."""
+    from mechmerge.errors import UserError
+    from mechmerge.evaluate.metrics import METRICS
+
+    with pytest.raises(UserError) as e:
+        METRICS.get("logprb")
+    assert str(e.value) == ("unknown metric 'logprb' (did you mean 'logprob'?); valid: exact, logprob, prefix, "
+                            "or package.module:function")
 
 
 def test_eval_cli_json(scored_pair, tmp_path):
@@ -67,6 +80,7 @@ def test_eval_accuracy_matches_a_hand_written_greedy_loop(scored_pair, tmp_path)
     assert t["n"] == len(probes) and t["accuracy"] == pytest.approx(hits / len(probes), abs=1e-9)
     assert 0 < hits  # the planted expert answers some of its probes
     # the confidence quartiles partition the probes: their accuracies, weighted by size, give the total
-    sizes = np.bincount(np.arange(len(probes)) * 4 // len(probes), minlength=4)
+    # (sizes depend only on the number of probes: the implementation's own rule, on any confidences)
+    sizes = np.bincount(quartiles(np.zeros(len(probes))), minlength=4)
     qs = [t["quartiles"][q] for q in ("Q1", "Q2", "Q3", "Q4")]
     assert sum(a * n for a, n in zip(qs, sizes) if a is not None) == pytest.approx(t["accuracy"] * len(probes))

@@ -162,3 +162,16 @@ def test_interval_rows_rank_and_mark_ties():
     assert [r.tie_with_next for r in rows] == [False, True, False, False, False]
     assert rows[3].interval is None and rows[0].interval == [0.8, 1.0]
     assert [r.unit for r in interval_rows(e, "patch_in", 2)] == ["a", "b"]
+
+
+@pytest.mark.parametrize("level", [95, 0.0, 1.0, -0.5, float("nan")])
+def test_ci_level_outside_zero_one_is_refused_before_scoring(level, tmp_path):
+    """A percentage (95) used to fail in np.percentile after every measurement, leaving a journal a
+    corrected --resume could not use (ci_level is in its fingerprint)."""
+    from mechmerge.errors import UserError
+
+    opts = _opts(tmp_path / "base", tmp_path / "x", tmp_path / "p.jsonl", tmp_path / "s.json", bootstrap=10,
+                 ci_level=level)
+    with pytest.raises(UserError, match="--ci-level is a fraction, e.g. 0.95"):
+        opts.validate()
+    _opts(tmp_path / "base", tmp_path / "x", tmp_path / "p.jsonl", tmp_path / "s.json", ci_level=0.9).validate()
