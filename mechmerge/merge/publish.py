@@ -26,9 +26,30 @@ class PublishOptions(Options):
     message: str = field(default="Upload merge made with mechmerge", metadata=opt("Commit message."))
 
 
+# Hidden files and folders stay home: `.*` matches a hidden top-level entry (and all under it),
+# `*/.*` one further down (fnmatch's `*` crosses '/'). The client adds its own (.git, .cache).
+IGNORE = [".*", "*/.*"]
+# Text files small enough to read for local paths (a large tokenizer.json holds none)
+TEXT_SUFFIXES = (".md", ".json", ".yml", ".yaml", ".txt", ".jinja")
+# An absolute path of two or more parts, e.g. /home/me/models/base (a URL's //host/x is not one)
+LOCAL_PATH = re.compile(r"(?<![\w./:~-])~?/[\w.@+-]+/[\w.@+-]+")
+
+
 def files_to_send(model_dir: Path) -> List[Tuple[str, int]]:
-    return sorted((str(p.relative_to(model_dir)), p.stat().st_size)
-                  for p in model_dir.rglob("*") if p.is_file() and not p.name.startswith("."))
+    """(path relative to `model_dir`, bytes) of exactly what `upload_folder` sends: the same
+    listing (files under the folder, '/'-separated) through the client's own filter."""
+    from huggingface_hub.utils import DEFAULT_IGNORE_PATTERNS, filter_repo_objects
+
+    rel = {p.relative_to(model_dir).as_posix(): p for p in sorted(model_dir.glob("**/*")) if p.is_file()}
+    sent = filter_repo_objects(rel, ignore_patterns=IGNORE + DEFAULT_IGNORE_PATTERNS)
+    return [(r, rel[r].stat().st_size) for r in sent]
+
+
+def files_with_local_paths(model_dir: Path, files: List[Tuple[str, int]]) -> List[str]:
+    """The text files about to be published that name absolute local paths (mergekit_config.yml
+    and mechmerge_scores.json record where the inputs were; the model card does not)."""
+    return [name for name, size in files if name.endswith(TEXT_SUFFIXES) and size <= 2**20
+            and LOCAL_PATH.search((model_dir / name).read_text(encoding="utf-8", errors="replace"))]
 
 
 def check_model_dir(d: Path) -> None:
@@ -40,6 +61,26 @@ def check_model_dir(d: Path) -> None:
         raise UserError(f"{str(d)!r} has no *.safetensors weights")
     if not (d / "README.md").is_file():
         raise UserError(f"{str(d)!r} has no model card (README.md); `mechmerge merge` writes one")
+
+
+def check_card_metadata(d: Path) -> None:
+    """The Hub refuses a README whose `base_model` is not a model id, and only once the upload
+    has started; cards from earlier mechmerge versions listed the base's local folder there."""
+    import yaml
+
+    from .card import hub_ids
+
+    text = (d / "README.md").read_text(encoding="utf-8", errors="replace")
+    try:
+        meta = yaml.safe_load(text.split("---", 2)[1]) if text.startswith("---") else None
+    except (yaml.YAMLError, IndexError):
+        raise UserError(f"{d / 'README.md'}: its front matter (between the '---' lines) is not valid YAML") from None
+    bases = meta.get("base_model") if isinstance(meta, dict) else None
+    for b in bases if isinstance(bases, list) else [bases] if bases is not None else []:
+        if not isinstance(b, str) or hub_ids(b) != [b]:
+            raise UserError(f"{d / 'README.md'}: base_model lists {b!r}, which is not a Hub model id, and the Hub "
+                            "refuses the card; remove it from the front matter (cards from `mechmerge merge` now list "
+                            "Hub ids only)")
 
 
 def make_api():
@@ -65,6 +106,7 @@ def check_credentials() -> None:
 def publish(opts: PublishOptions, echo=print) -> List[Tuple[str, int]]:
     d = Path(opts.model_dir)
     check_model_dir(d)
+    check_card_metadata(d)
     if not REPO_ID.match(opts.repo):
         raise UserError(f"--repo {opts.repo!r} is not a Hub repository id like 'owner/name'")
     if not opts.dry_run:
@@ -75,15 +117,41 @@ def publish(opts: PublishOptions, echo=print) -> List[Tuple[str, int]]:
          f"to {opts.repo}{' (private)' if opts.private else ''}")
     for name, size in files:
         echo(f"  {name}  {size / 2**20:.2f} MiB")
+    local = files_with_local_paths(d, files)
+    if local:
+        echo(f"warning: {', '.join(local)} name{'s' if len(local) == 1 else ''} absolute paths on this machine "
+             "(the record of the merge's inputs); they are uploaded as they are")
     if opts.dry_run:
         return files
     api = make_api()
     try:
         api.create_repo(repo_id=opts.repo, private=opts.private, exist_ok=True, repo_type="model")
         api.upload_folder(folder_path=str(d), repo_id=opts.repo, repo_type="model", commit_message=opts.message,
-                          ignore_patterns=[".*"])
-    except Exception as e:  # the client's message may quote request headers: show the type only
-        raise UserError(f"upload to {opts.repo} failed ({type(e).__name__}); check your login "
-                        "(`hf auth login` or HF_TOKEN) and network") from None
+                          ignore_patterns=list(IGNORE))
+    except Exception as e:
+        raise UserError(f"upload to {opts.repo} failed: {_reason(e)}") from None
     echo(f"published https://huggingface.co/{opts.repo}")
     return files
+
+
+def _reason(e: Exception) -> str:
+    """What the Hub said, on one line, with anything token-like masked (the client's HTTP errors
+    carry the server's message, e.g. 'Invalid metadata in README.md. - "base_model" ...'), then a
+    hint by status."""
+    from huggingface_hub import get_token
+
+    msg = str(e) or getattr(e, "server_message", None) or "no message"
+    token = get_token()
+    if token:
+        msg = msg.replace(token, "***")
+    msg = re.sub(r"hf_[A-Za-z0-9]{6,}", "hf_***", msg)
+    msg = re.sub(r"(?i)(bearer\s+|authorization:\s*)\S+", r"\1***", msg)
+    msg = " ".join(msg.split())[:600]
+    status = getattr(getattr(e, "response", None), "status_code", None)
+    if status in (401, 403):
+        hint = "; check your login (`hf auth login` or HF_TOKEN) and your rights on the repository"
+    elif status is None and not isinstance(e, ValueError):
+        hint = "; check your network"
+    else:
+        hint = ""
+    return f"{type(e).__name__}: {msg}{hint}"

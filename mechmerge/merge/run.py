@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import shutil
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Any, Callable, Dict, Optional
 
 from ..errors import UserError
 from ..io import atomic_dir, check_output, file_sha256, read_json
 from ..options import Options, opt
 from . import engine
-from .card import render_card, scores_path_from_recipe, scores_sha_from_recipe, seed_from_recipe
+from .card import (minimal_card, model_refs, render_card, scores_path_from_recipe, scores_sha_from_recipe,
+                   seed_from_recipe)
 
 
 @dataclass
@@ -43,7 +45,22 @@ def _shard_bytes(text: Optional[str]) -> Optional[int]:
         raise UserError(f"--out-shard-size {text!r}: expected a size like 5B, 500M or 1000000") from None
 
 
-def merge(opts: MergeRunOptions) -> Path:
+def _warn(msg: str) -> None:
+    print(f"warning: {msg}", file=sys.stderr)
+
+
+def _card(name: str, text: str, cfg: Dict[str, Any], scores, evaluation, warn: Callable[[str], None]) -> str:
+    """The model card, written before the merge runs: a card that cannot be written in full
+    costs a warning and a minimal card, never a finished merge."""
+    try:
+        return render_card(name, text, cfg, scores, evaluation)
+    except Exception as e:
+        warn(f"the model card could not be written in full ({type(e).__name__}: {e}); the merge gets a minimal card "
+             "with the recipe. Please report this with the recipe.")
+        return minimal_card(name, text, cfg)
+
+
+def merge(opts: MergeRunOptions, warn: Callable[[str], None] = _warn) -> Path:
     cfg = engine.load_recipe_yaml(opts.recipe)
     text = Path(opts.recipe).read_text()
     engine.validate(cfg)  # every problem surfaces before we touch the output
@@ -70,10 +87,17 @@ def merge(opts: MergeRunOptions) -> Path:
             raise UserError(f"--eval {opts.eval_json!r}: not a `mechmerge eval --json` file (expected 'tasks' with "
                             "accuracy, logprob and n per task)")
     shard = _shard_bytes(opts.out_shard_size)
+    if not cfg.get("base_model") and len(model_refs(cfg)) > 1:
+        # mergekit then copies config.json, the tokenizer and generation_config from
+        # referenced_models()[0], a set's order: a different input from one run to the next
+        warn(f"{opts.recipe} has no base_model: mergekit takes config.json and the tokenizer from an arbitrary input "
+             "(it can change between runs); add `base_model:` naming the model they should come from (for a linear "
+             "merge, one of its models; the weights do not change)")
+    card = _card(out.name, text, cfg, scores, evaluation, warn)
     with atomic_dir(out, force=opts.force) as tmp:
         engine.run_to_dir(text, str(tmp), cuda=opts.cuda, out_shard_size=shard, lazy_unpickle=opts.lazy_unpickle,
                           random_seed=opts.seed if opts.seed is not None else seed_from_recipe(text))
-        (tmp / "README.md").write_text(render_card(out.name, text, cfg, scores, evaluation), encoding="utf-8")
+        (tmp / "README.md").write_text(card, encoding="utf-8")  # replaces mergekit's, which names local paths
         if scores_path and scores is not None:
             shutil.copyfile(scores_path, tmp / "mechmerge_scores.json")
     return out

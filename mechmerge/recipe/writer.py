@@ -67,9 +67,10 @@ def build_config(
         models.append({"model": base, "parameters": {
             "weight": weight_setting(unit_tensors, units, base_w, float(np.mean(base_w)))}})
         shared.setdefault("normalize", False)
-    cfg: Dict[str, Any] = {"merge_method": method}
-    if method != "linear":
-        cfg["base_model"] = base
+    # linear ignores base_model in its arithmetic (the base is one of its weighted models), but
+    # mergekit takes the merged model's config.json, tokenizer and generation_config from the
+    # base_model, and without one from referenced_models()[0]: a set, ordered by the hash seed
+    cfg: Dict[str, Any] = {"merge_method": method, "base_model": base}
     cfg["dtype"] = dtype
     if out_dtype and out_dtype != dtype:
         cfg["out_dtype"] = out_dtype
