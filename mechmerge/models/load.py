@@ -100,7 +100,7 @@ def load_model(ckpt: Checkpoint, device: torch.device, dtype: torch.dtype, trust
                         f"{device_map!r} offloaded part of it (to CPU RAM or disk), and accelerate keeps offloaded "
                         "weights outside the modules, where patching cannot write them; use --dtype bfloat16 "
                         "or more GPUs")
-    else:
+    if not device_map:  # a dispatched model stays where accelerate put it: .to() would gather it on one device
         model.to(device)
     model.eval()
     model.requires_grad_(False)
