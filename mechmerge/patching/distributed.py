@@ -2,8 +2,10 @@
 
 Every rank loads the base and measures the (cheap) baselines itself; the units of
 each phase are dealt round-robin to the ranks; rank 0 gathers the measurements and
-writes the same JSON a single process writes. CPU ranks talk over gloo, GPU ranks
-over nccl, each on its own device (LOCAL_RANK).
+writes the same JSON a single process writes. Choices every rank must share (the anchor
+layer, hybrid's exact units) are rank 0's (`decide`). Ranks talk over nccl with `--device
+cuda`, else over gloo (also under `--device auto` on GPUs: the objects exchanged are small);
+each GPU rank computes on its own device (LOCAL_RANK).
 """
 
 from __future__ import annotations
@@ -64,6 +66,19 @@ def gather(obj: Any) -> List[Any]:
     out = [None] * world() if rank() == 0 else None
     dist.gather_object(obj, out, dst=0)
     return out or []
+
+
+def decide(obj: Any) -> Any:
+    """Rank 0's `obj` on every rank: choices each rank could compute itself (the anchor layer,
+    hybrid's exact units) but must agree on, or `shard` deals different lists and a unit is
+    measured twice or never. GPU kernels need not be bitwise deterministic across ranks."""
+    import torch.distributed as dist
+
+    if world() == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def barrier() -> None:

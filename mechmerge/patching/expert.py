@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from ..errors import UserError
 from ..models.memory import release_memory
 from ..models.units import Unit
 from . import distributed as dist
@@ -84,9 +85,12 @@ def measure_expert(setup, name: str, journal, bar) -> Optional[ExpertResult]:
     # the journal's anchor sums were measured at one layer: a resumed run keeps it even if the
     # argmax over recomputed baselines would now tip to another (a near tie, another device)
     kept = journal.get(name, "anchor_layer", "", 0)
-    if kept is not None:
-        layer = int(kept.lp_sum)
-    else:
+    mine_layer = int(kept.lp_sum) if kept is not None else layer
+    layer = dist.decide(mine_layer)  # every rank measures at rank 0's layer
+    if kept is not None and int(kept.lp_sum) != layer:
+        raise UserError(f"{name}: this rank's journal measured the anchor at layer {int(kept.lp_sum)}, rank 0's at "
+                        f"{layer}; delete the {opts.out}.journal* files to start over")
+    if kept is None:
         journal.add(name, "anchor_layer", "", 0, engine.Measurement(float(layer), 0, None))
     anchor = engine.Anchor.between(b_stats, e_stats, layer)
     same = {u.name: identical(base, expert, u) for u in setup.units}
@@ -109,6 +113,8 @@ def measure_expert(setup, name: str, journal, bar) -> Optional[ExpertResult]:
                 result.deltas[p][u.name] = (*est[p][u.name], "attribution")
         exact_units = (select_for_exact(est, todo, opts.top_k, e_stats.m - b_stats.m, opts.hybrid_margin)
                        if opts.method == "hybrid" else [])
+        chosen = set(dist.decide([u.name for u in exact_units]))  # one list for `shard` to deal
+        exact_units = [u for u in todo if u.name in chosen]
 
     elem = next(setup.model.parameters()).element_size()
     groups = engine.group_batches(batches, runner, opts.cache_mb * 2 ** 20, elem)

@@ -199,7 +199,7 @@ def fingerprint(opts: ScoreOptions, setup_paths: List[Path], model: Optional[tor
 
 
 def score(opts: ScoreOptions) -> Dict[str, Any]:
-    """Run Weight Patching and write `opts.out`; returns the scores dict (on every rank)."""
+    """Run Weight Patching and write `opts.out`; returns the scores dict on rank 0 ({} on the others)."""
     dist.init(opts.device)
     opts.device = dist.local_device(opts.device)
     out = Path(opts.out)

@@ -74,7 +74,7 @@ def test_scores_through_accelerate_hooks_match(planted, probes_file, tmp_path, m
     from transformers import AutoModelForCausalLM
 
     fam, base, expert, units = planted
-    plain = score(_opts(base, expert, probes_file, tmp_path / "a.json", method="exact"))
+    score(_opts(base, expert, probes_file, tmp_path / "a.json", method="exact"))
     original = AutoModelForCausalLM.from_pretrained.__func__
     hooked = []
 

@@ -64,3 +64,29 @@ def test_two_processes_write_what_one_writes(small_change, tmp_path):
     assert p.returncode == 0, p.stderr[-2000:]
     assert out.read_bytes() == (d / "exact.json").read_bytes()
     assert not list(tmp_path.glob("*.journal*"))
+
+
+def test_ranks_that_would_choose_differently_follow_rank_0(small_change, tmp_path):
+    """Rank 1 is made to pick another anchor layer and other hybrid units (as nondeterministic
+    GPU kernels could); the ranks must still measure rank 0's choices, so the file equals one
+    process's. Without the agreement rank 1 dealt itself units from another list."""
+    d, run = small_change
+    wrapper = tmp_path / "rank1_differs.py"
+    wrapper.write_text(
+        "import os, sys\n"
+        "from mechmerge.patching import engine, expert\n"
+        "if os.environ['RANK'] == '1':\n"
+        "    engine.choose_anchor_layer = lambda b, e, L: 0\n"
+        "    pick = expert.select_for_exact\n"
+        "    expert.select_for_exact = lambda est, units, k, gap, m: list(reversed(units))[:len(pick(est, units, k, gap, m))]\n"
+        "from mechmerge.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n")
+    out = tmp_path / "dist-hybrid.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+           str(wrapper), "score", "--base", str(d / "base"), "--expert", f"x={d / 'e'}",
+           "--probes", f"x={d / 'p.jsonl'}", "--out", str(out), "--method", "hybrid", "--top-k", "5",
+           "--no-progress"]
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert out.read_bytes() == (d / "hybrid.json").read_bytes()
