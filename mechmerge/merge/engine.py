@@ -215,7 +215,10 @@ def run_to_dir(cfg_text: str, out_dir: str, cuda: bool = False, out_shard_size: 
     from mergekit.options import MergeOptions
 
     config = parse_config(yaml.safe_load(cfg_text))
-    kw: Dict[str, Any] = {"device": "cuda" if cuda else "cpu", "quiet": quiet, "lazy_unpickle": lazy_unpickle}
+    # no mergekit card: mechmerge writes its own, and mergekit's asks the Hub whether each
+    # relative `dir/sub` model path is a repository (offline: an error after the whole merge)
+    kw: Dict[str, Any] = {"device": "cuda" if cuda else "cpu", "quiet": quiet, "lazy_unpickle": lazy_unpickle,
+                          "write_model_card": False}
     if out_shard_size is not None:
         kw["out_shard_size"] = out_shard_size
     if random_seed is not None:

@@ -306,3 +306,18 @@ def test_a_scores_file_changed_since_the_recipe_is_not_used_for_the_card(scored_
     assert run_cli("merge", str(recipe), "--out", str(tmp_path / "m")) == 2
     assert "changed since the recipe was written" in capsys.readouterr().err
     assert not (tmp_path / "m").exists()
+
+
+def test_relative_model_paths_merge_offline(tmp_path, monkeypatch):
+    """Scoring with relative paths writes `dir/sub` model paths into the recipe; mergekit's own
+    card asked the Hub whether such a path is a repository, which failed offline after the
+    whole merge and threw it away."""
+    zoo = tmp_path / "zoo"
+    shutil.copytree(Path(__file__).parents[2] / "mechmerge" / "zoo" / "data" / "alpha", zoo)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("merge_method: task_arithmetic\nbase_model: zoo/base\ndtype: float32\n"
+                      "models:\n  - model: zoo/experts/rev\n    parameters: {weight: 1.0}\n")
+    assert run_cli("merge", str(recipe), "--out", "merged") == 0
+    assert (tmp_path / "merged" / "README.md").read_text().count("mechmerge") > 0
