@@ -16,6 +16,7 @@ The cache and the protocol it records are in cache.py.
 from __future__ import annotations
 
 import itertools
+import json
 import sys
 import typing
 from dataclasses import dataclass, field
@@ -203,7 +204,9 @@ class Harness:
         if key not in self.cache:
             if self.opts.partial:
                 raise NotCached(key)
-            self.cache[key] = compute()
+            # in the form the cache file gives back (sorted keys), so results.json is the same
+            # whether this run computed the entry or a killed one did
+            self.cache[key] = json.loads(json.dumps(compute(), sort_keys=True))
             self._save_cache()
         return self.cache[key]
 

@@ -211,3 +211,17 @@ def test_a_failing_worker_stops_the_others_at_once(trio_suite, tmp_path, monkeyp
     with pytest.raises(UserError, match=r"workers \[1\] of 2 failed .*stopped \[2\]"):
         cmp.compare(opts(suite, out, workers=2))
     assert time.monotonic() - t0 < 100  # shard 2 alone would sleep 120 s per verdict on c
+
+
+def test_results_are_the_same_file_from_the_cache(pair_suite, tmp_path):
+    """Experts listed b before a, so the run's own entries are not in sorted order; the cache
+    file gives them back sorted: results.json must not depend on which of the two it read."""
+    suite, out = pair_suite
+    d = json.loads(suite.read_text())
+    d["experts"] = dict(reversed(list(d["experts"].items())))
+    suite.write_text(json.dumps(d))
+    cmp.compare(opts(suite, out))
+    written = (out / "results.json").read_bytes()
+    (out / "results.json").unlink()
+    cmp.compare(opts(suite, out))  # everything from the cache now
+    assert (out / "results.json").read_bytes() == written
