@@ -62,7 +62,8 @@ def agree(opts: AgreeOptions) -> Dict[str, Any]:
     missing = [e for e in ref["experts"] if e not in other["experts"]]
     if len(missing) == len(ref["experts"]):
         raise UserError(f"no expert of {opts.reference} ({', '.join(ref['experts'])}) is in {opts.other}")
-    out = check_output(opts.out, opts.force, "agreement file") if opts.out else None
+    out = (check_output(opts.out, opts.force, "agreement file", inputs=[opts.reference, opts.other])
+           if opts.out else None)
     if missing:  # compared on the others; said, so a shorter table is not read as complete
         print(f"note: {opts.other} lacks expert(s) {', '.join(map(repr, missing))} of {opts.reference}; "
               "comparing the others only", file=sys.stderr)

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
-from ..io import atomic_write_text, dumps
+from ..io import atomic_write_text, check_inputs, dumps
 from ..merge import engine as mk
 from ..models.checkpoint import Checkpoint
 from ..models.load import load_model, load_tokenizer, overwrite_params, params_by_name, resolve_device, resolve_dtype
@@ -284,6 +284,9 @@ def prepare_scores(opts: CompareOptions) -> Tuple[Suite, Path, Path]:
     suite = resolve_suite(opts.suite)
     suite.check()
     out = Path(opts.out)
+    probes = [f for kind in (suite.splits, suite.retention, suite.quality)
+              for files in kind.values() for f in files.values()]
+    check_inputs(out, [suite.base, *suite.experts.values(), *probes], "results folder", replaced=False)
     out.mkdir(parents=True, exist_ok=True)
     scores_path = out / "scores.json"
     if not scores_path.exists() and opts.partial:

@@ -156,7 +156,7 @@ def evaluate(opts: EvalOptions) -> Dict[str, Any]:
     if not opts.probes:
         raise UserError("give at least one --probes NAME=FILE")
     if opts.json_out:
-        check_output(opts.json_out, opts.force, "results JSON")
+        check_output(opts.json_out, opts.force, "results JSON", inputs=[opts.model, opts.base, *opts.probes.values()])
     ck = Checkpoint.open(opts.model, "model")
     dev = resolve_device(opts.device)
     dtype = resolve_dtype("auto", dev)

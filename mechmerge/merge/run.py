@@ -64,8 +64,11 @@ def merge(opts: MergeRunOptions, warn: Callable[[str], None] = _warn) -> Path:
     cfg = engine.load_recipe_yaml(opts.recipe)
     text = Path(opts.recipe).read_text()
     engine.validate(cfg)  # every problem surfaces before we touch the output
-    out = check_output(opts.out, opts.force, "output directory", directory=True)
     scores_path = opts.scores or scores_path_from_recipe(text)
+    models = [p.path for r in engine.parse_config(cfg).referenced_models() for p in (r.model, r.lora) if p]
+    inputs = [opts.recipe, scores_path, opts.eval_json, *models]
+    out = check_output(opts.out, opts.force, "output directory", directory=True, inputs=inputs,
+                       looks_like="config.json")
     scores = None
     if scores_path and Path(scores_path).is_file():
         from ..scores import read_scores

@@ -33,6 +33,7 @@ import torch
 from .. import __version__
 from ..errors import UserError, did_you_mean, unknown
 from ..io import atomic_dir, check_output, dumps
+from . import SHIPPED
 from . import skills as skills_mod
 from .tokenizer import BOS_ID, EOS_ID, PAD_ID, build_char_tokenizer, vocab_size
 from .train import Pair, TrainConfig, train
@@ -243,7 +244,8 @@ def build_zoo(name: str, out_dir: str | Path, *, seed: Optional[int] = None,
 
     quiet_transformers()
     spec = zoo_spec(name, seed, **overrides)
-    out = check_output(Path(out_dir), force, "zoo directory", directory=True)
+    # the shipped zoos are package data, not outputs: never written into, replaced, or deleted with a folder
+    out = check_output(Path(out_dir), force, "zoo directory", directory=True, inputs=[SHIPPED], looks_like="zoo.json")
     progress = progress or NullProgress()
     n_models = 1 + len(spec.specialists)
     progress.add_total(len(spec.skills) + spec.base_steps + len(spec.specialists) * spec.expert_steps

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -19,6 +20,46 @@ class DemoOptions(Options):
     experts: str = field(default="rev,shift", metadata=opt("Two or three of the zoo's experts, comma separated."))
     out: str = field(default="mechmerge-demo", metadata=opt("Working folder for scores, recipes, merges, results."))
     force: bool = field(default=False, metadata=opt("Start over in an existing working folder."))
+
+
+# Written first into the demo's folder: --force starts over only in a folder that holds it.
+MARKER = ".mechmerge-demo"
+ARTIFACTS = ("scores.json", "guided.yaml", "uniform.yaml", "merged-guided", "merged-uniform", MARKER)
+# what a killed demo leaves besides them: the scoring journal, atomic_dir's and atomic_write_text's temporaries
+LEFTOVERS = re.compile(r"^(scores\.json\.journal(\.rank\d+)?|\.(scores\.json|guided\.yaml|uniform\.yaml)\..*\.tmp"
+                       r"|\.merged-(guided|uniform)\..*\.(partial|old))$")
+
+
+def prepare_folder(out: Path, force: bool, zoo_root: Path) -> Path:
+    """The demo's working folder, emptied of an earlier demo's artifacts under --force.
+
+    Nothing but the demo's own artifacts is ever deleted, and only in a folder carrying the
+    marker an earlier demo wrote (or holding nothing but such artifacts); the folder itself
+    stays (so `--out .` works). The zoo's own folder is refused."""
+    from ..errors import UserError
+    from ..io import check_inputs
+
+    check_inputs(out, [zoo_root], "demo folder", replaced=False)
+    if out.is_symlink() and not out.exists():
+        raise UserError(f"demo folder {str(out)!r} is a symbolic link that leads nowhere; remove it or choose "
+                        "another --out")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"demo folder {str(out)!r} is a file; choose another --out")
+    entries = list(out.iterdir()) if out.is_dir() else []
+    if entries and not force:
+        raise UserError(f"{str(out)!r} exists; pass --force to start over, or --out another folder")
+    ours = [e for e in entries if e.name in ARTIFACTS or LEFTOVERS.match(e.name)]
+    if len(ours) < len(entries) and not (out / MARKER).is_file():  # all ours: an older demo's, from before the marker
+        raise UserError(f"{str(out)!r} is not empty and is not a demo's folder (it has no {MARKER} file), so --force "
+                        "will not delete anything in it; give --out a new or empty folder")
+    for e in ours:  # anything else a user put in a demo's folder stays
+        if e.is_dir() and not e.is_symlink():
+            shutil.rmtree(e)
+        else:
+            e.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).write_text("a folder `mechmerge demo` writes into; `mechmerge demo --force` may empty it\n")
+    return out
 
 
 def _step(msg: str) -> float:
@@ -47,12 +88,7 @@ def run_demo(opts: DemoOptions) -> dict:
             raise unknown("expert", n, all_experts)
     if not 2 <= len(names) <= 3:
         raise UserError("--experts takes two or three names")
-    out = Path(opts.out)
-    if out.exists() and opts.force:
-        shutil.rmtree(out)
-    if out.exists() and any(out.iterdir()):
-        raise UserError(f"{str(out)!r} exists; pass --force to start over, or --out another folder")
-    out.mkdir(parents=True, exist_ok=True)
+    out = prepare_folder(Path(opts.out), opts.force, root)
     score_files, test_files = zoo.probe_files(root, "score"), zoo.probe_files(root, "test")
     general = zoo.manifest(root)["general"]
     base = zoo.base(root)
