@@ -29,14 +29,19 @@ class ConflictOptions(Options):
     device: str = field(default="auto", metadata=opt("auto, cpu or cuda."))
     seed: int = field(default=0, metadata=opt("Seed of the random control sets."))
     force: bool = field(default=False, metadata=opt("Overwrite the output."))
+    # never taken from the scores file, which travels with merged models (ScoreOptions.from_record)
+    allow_pickle: bool = field(default=False, metadata=opt(
+        "Accept pickle (.bin) checkpoints, loaded with weights_only=True."))
+    trust_remote_code: bool = field(default=False, metadata=opt(
+        "Allow model code from the checkpoint directories (off: safer)."))
 
 
-def static_conflict(data: Dict[str, Any], k: int) -> Dict[str, Any]:
+def static_conflict(data: Dict[str, Any], k: int, allow_pickle: bool = False) -> Dict[str, Any]:
     from ..recipe.taskvectors import cosines
 
     names = list(data["experts"])
     units = list(data["units"])
-    cos = cosines(data, names)  # [U, E, E]
+    cos = cosines(data, names, allow_pickle)  # [U, E, E]
     top = {n: sets.top_k(data["experts"][n]["modules"], k) for n in names}
     out: Dict[str, Dict[str, Any]] = {}
     for i, a in enumerate(names):
@@ -52,16 +57,18 @@ def static_conflict(data: Dict[str, Any], k: int) -> Dict[str, Any]:
     return {"top": top, "pairs": out}
 
 
-def causal_conflict(data: Dict[str, Any], k: int, device: str, seed: int) -> Dict[str, Any]:
+def causal_conflict(data: Dict[str, Any], k: int, device: str, seed: int, allow_pickle: bool = False,
+                    trust_remote_code: bool = False) -> Dict[str, Any]:
     from ..patching.score import ScoreOptions, prepare
     from ..recipe.taskvectors import magnitudes
 
-    # the scoring's own setup (dtype, batch size, probe limit, permissions), on this run's device
-    setup = prepare(ScoreOptions.from_record(data, device=device, check_finite=False, progress=False))
+    # the scoring's own setup (dtype, batch size, probe limit), on this run's device, with this run's permissions
+    setup = prepare(ScoreOptions.from_record(data, device=device, check_finite=False, progress=False,
+                                             allow_pickle=allow_pickle, trust_remote_code=trust_remote_code))
     by_name = {u.name: u for u in setup.units}
     names = list(data["experts"])
     units = list(data["units"])
-    norms = magnitudes(data, names)
+    norms = magnitudes(data, names, allow_pickle)
     out: Dict[str, Dict[str, Any]] = {}
     for b in names:
         bl = sets.baselines(setup, b)
@@ -79,16 +86,20 @@ def causal_conflict(data: Dict[str, Any], k: int, device: str, seed: int) -> Dic
 
 def conflict(opts: ConflictOptions) -> Dict[str, Any]:
     if opts.out:
-        check_output(opts.out, opts.force, "conflict file")
+        check_output(opts.out, opts.force, "conflict file", inputs=[opts.scores])
     data = read_scores(opts.scores)
     if len(data["experts"]) < 2:
         from ..errors import UserError
 
         raise UserError(f"{opts.scores}: conflict needs a scores file with two or more experts")
+    from ..recipe.build import scored_units
+
+    scored_units(data, opts.scores, opts.allow_pickle, opts.trust_remote_code)  # measured on this base?
     result = {"format": "mechmerge.conflict", "version": 1, "scores": opts.scores, "top_k": opts.top_k,
-              "static": static_conflict(data, opts.top_k)}
+              "static": static_conflict(data, opts.top_k, opts.allow_pickle)}
     if opts.causal:
-        result["causal"] = causal_conflict(data, opts.top_k, opts.device, opts.seed)
+        result["causal"] = causal_conflict(data, opts.top_k, opts.device, opts.seed, opts.allow_pickle,
+                                           opts.trust_remote_code)
     if opts.out:
         atomic_write_text(opts.out, dumps(result))
     return result

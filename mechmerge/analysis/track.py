@@ -15,6 +15,7 @@ flagged unreliable in the JSON and on stderr: its scores are noise, or flipped i
 
 from __future__ import annotations
 
+import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +49,9 @@ class TrackOptions(Options):
     device: str = field(default="auto", metadata=opt("auto, cpu or cuda."))
     seed: int = field(default=0, metadata=opt("Seed of the random control sets."))
     force: bool = field(default=False, metadata=opt("Overwrite existing outputs."))
+    resume: bool = field(default=False, metadata=opt(
+        "Continue a killed run: its scoring from the journal (OUT.scores.json.journal), or its finished "
+        "OUT.scores.json if the scoring had ended."))
     progress: bool = field(default=True, metadata=opt("Progress bar."))
 
 
@@ -69,6 +73,27 @@ def _fmt(x: Optional[float], spec: str) -> str:
     return "n/a" if x is None else format(x, spec)
 
 
+def finished_scores(sopts) -> Optional[Dict[str, Any]]:
+    """--resume after the scoring had finished (the journal is gone, the scores file is there):
+    that file, if it was made with these options and probes; None to score (or resume scoring)."""
+    from ..io import file_sha256, read_json
+
+    path = Path(sopts.out)
+    if not path.is_file() or list(path.parent.glob(f"{path.name}.journal*")):
+        return None
+    data = read_json(path, "scores file")
+    recorded = data.get("options", {}) if isinstance(data, dict) else {}
+    now = sopts.to_dict()
+    differ = sorted(k for k in recorded if k in now and recorded[k] != now[k])
+    shas = {n: e.get("probes_sha256") for n, e in data.get("experts", {}).items()} if not differ else {}
+    if not differ and shas != {n: file_sha256(p) for n, p in sopts.probes.items()}:
+        differ = ["probes (content)"]
+    if differ:
+        raise UserError(f"--resume: {path} was made with other {', '.join(differ)}; run with --force to score again")
+    print(f"resuming from the finished scores in {path}", file=sys.stderr)
+    return data
+
+
 def warn_unreliable(name: str, gap: float) -> None:
     print(f"warning: checkpoint {name!r} is not better than the base on the probes (m(E)-m(B) = {gap:.4g} "
           "nats/token); its scores are unreliable (a negative gap flips their sign), and so are the "
@@ -78,15 +103,18 @@ def warn_unreliable(name: str, gap: float) -> None:
 def track(opts: TrackOptions) -> Dict[str, Any]:
     if len(opts.checkpoints) < 2:
         raise UserError("give at least two --checkpoint NAME=DIR, in training order")
-    out = check_output(opts.out, opts.force, "track file")
+    out = check_output(opts.out, opts.force or opts.resume, "track file",
+                       inputs=[opts.base, *opts.checkpoints.values(), opts.probes])
     from ..patching.score import ScoreOptions, prepare, score
 
     sopts = ScoreOptions(base=opts.base, experts=dict(opts.checkpoints), probes={n: opts.probes for n in opts.checkpoints},
                          out=f"{out}.scores.json", granularity=opts.granularity, direction="patch_in",
                          method=opts.method, top_k=opts.top_k,
                          batch_size=opts.batch_size, max_probes=opts.max_probes, device=opts.device,
-                         force=opts.force, progress=opts.progress)
-    data = score(sopts)
+                         force=opts.force, resume=opts.resume, progress=opts.progress)
+    data = finished_scores(sopts) if opts.resume else None
+    if data is None:  # as written (rounded), so a resumed run computes from the same numbers
+        data = json.loads(dumps(score(sopts)))
     from ..recipe.taskvectors import magnitudes
 
     reliable = {n: bool(data["experts"][n]["reliable"]) for n in opts.checkpoints}

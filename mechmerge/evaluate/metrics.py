@@ -3,7 +3,9 @@
 Registered by name (`exact` is the default). A metric can also be given as
 `package.module:function` and is imported lazily, so evaluation code outside
 mechmerge (e.g. the instruction-following verifiers under eval/real) plugs in
-without registering anything here.
+without registering anything here. Such a metric is code that runs: importing its
+module executes it, so a suite file's (or a --metric's) `module:function` deserves the
+trust you would give a script.
 """
 
 from __future__ import annotations
@@ -23,10 +25,16 @@ class _Metrics(Registry[Metric]):
     def get(self, name: str) -> Metric:
         if ":" in name and name not in self:
             module, _, attr = name.partition(":")
+            if not module or not attr:
+                raise UserError(f"metric {name!r}: expected package.module:function")
             try:
-                return getattr(importlib.import_module(module), attr)
+                fn = getattr(importlib.import_module(module), attr)
             except (ImportError, AttributeError) as e:
                 raise UserError(f"metric {name!r} cannot be imported ({e})") from None
+            if not callable(fn):  # found now, not as a TypeError after every generation
+                raise UserError(f"metric {name!r} is a {type(fn).__name__}, not a function "
+                                "(prediction, probe) -> bool")
+            return fn
         if name not in self:
             # `logprob` is handled by the evaluator (no generation, so no metric function) and
             # plugins by the branch above; both belong in the list of what is valid

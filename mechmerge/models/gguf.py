@@ -143,6 +143,13 @@ def inspect_gguf(path: str | Path) -> GGUFInfo:
         f = reader.fields.get(key)
         return None if f is None else str(f.contents())
 
+    def field_int(key: str) -> Optional[int]:
+        v = field_str(key)
+        try:
+            return None if v is None else int(v)
+        except ValueError:
+            raise UserError(f"{str(p)!r}: GGUF field {key} is {v!r}, expected an integer; file corrupted?") from None
+
     arch = field_str("general.architecture")
     if arch is None:
         raise UserError(f"{str(p)!r}: GGUF has no general.architecture")
@@ -153,12 +160,12 @@ def inspect_gguf(path: str | Path) -> GGUFInfo:
     # what transformers' GGUF loader would silently get wrong: it reads one file of a split
     # checkpoint, builds a dense model for a mixture of experts (its experts' weights random),
     # and drops rope scaling it has no mapping for (Llama 3.1 rope_freqs, Gemma 3 linear scaling)
-    split = field_str("split.count")
-    if split is not None and int(split) > 1:
+    split = field_int("split.count")
+    if split is not None and split > 1:
         raise UserError(f"{str(p)!r} is part 1 of a {split}-file split GGUF; merge the parts first "
                         "(llama.cpp's `llama-gguf-split --merge`)")
-    experts = field_str(f"{arch}.expert_count")
-    if experts is not None and int(experts) > 0:
+    experts = field_int(f"{arch}.expert_count")
+    if experts is not None and experts > 0:
         raise UserError(f"{str(p)!r}: a mixture of {experts} experts; mechmerge imports dense models only")
     scaling = field_str(f"{arch}.rope.scaling.type")
     if (scaling is not None and scaling not in ("none", "")) or any(t.name.startswith("rope_freqs")
@@ -166,8 +173,7 @@ def inspect_gguf(path: str | Path) -> GGUFInfo:
         raise UserError(f"{str(p)!r}: rope scaling ({scaling or 'rope_freqs'}) that transformers' GGUF loader "
                         "does not carry over; import the original safetensors checkpoint instead")
     types = Counter(t.tensor_type.name for t in reader.tensors)
-    turn_end = tuple(int(v) for v in (field_str(f"tokenizer.ggml.{k}_token_id") for k in ("eot", "eom"))
-                     if v is not None)
+    turn_end = tuple(v for v in (field_int(f"tokenizer.ggml.{k}_token_id") for k in ("eot", "eom")) if v is not None)
     return GGUFInfo(p, arch, field_str("general.name") or p.stem, dict(sorted(types.items())),
                     "tokenizer.chat_template" in reader.fields, turn_end)
 
@@ -180,7 +186,13 @@ def load_gguf(info: GGUFInfo):
 
     where, name = str(info.path.parent), info.path.name
     with contextlib.redirect_stderr(io.StringIO()):  # per-tensor progress bars
-        tok = AutoTokenizer.from_pretrained(where, gguf_file=name, local_files_only=True)
+        try:
+            tok = AutoTokenizer.from_pretrained(where, gguf_file=name, local_files_only=True)
+        except Exception as e:  # no or an unknown tokenizer in the file: transformers raises ValueError, KeyError...
+            first = (str(e).strip().splitlines() or [""])[0]
+            raise UserError(f"{str(info.path)!r}: transformers cannot build a tokenizer from this GGUF "
+                            f"({type(e).__name__}: {first}); mechmerge needs the tokenizer in the file "
+                            "(llama.cpp's convert_hf_to_gguf.py writes it)") from None
         model, loading = AutoModelForCausalLM.from_pretrained(where, gguf_file=name, dtype=torch.float32,
                                                               local_files_only=True, output_loading_info=True)
     # a weight the loader could not find in the file is initialised at random, and every later
@@ -338,7 +350,8 @@ def check_mergekit(out: Path) -> Dict[str, Any]:
 def import_gguf(opts: ImportGGUFOptions, log=print) -> Dict[str, Any]:
     """Write `opts.out`; return the record also saved there as import_gguf.json."""
     info = inspect_gguf(opts.file)
-    out = check_output(opts.out, opts.force, "output directory", directory=True)
+    out = check_output(opts.out, opts.force, "output directory", directory=True, inputs=[opts.file],
+                       looks_like="config.json")
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[opts.dtype]
     family_for({"model_type": info.arch.model_type}, str(info.path))  # mechmerge must support it
     seconds: Dict[str, float] = {}

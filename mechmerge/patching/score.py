@@ -28,7 +28,7 @@ from ..models.memory import release_memory
 from ..models.units import Unit, discover_units, head_info
 from ..options import Options, opt
 from ..probes import load_probes, make_batches, pad_id_of, tokenize_all
-from ..scores import FORMAT, VERSION
+from ..scores import FORMAT, VERSION, check_expert_name, unit_records
 from . import distributed as dist
 from . import engine
 from .expert import ExpertResult, measure_expert
@@ -81,6 +81,8 @@ class ScoreOptions(Options):
     def validate(self) -> None:
         if not self.experts:
             raise UserError("give at least one --expert NAME=DIR")
+        for name in self.experts:
+            check_expert_name(name, f"--expert {name}=...")
         for name in self.probes:
             if name not in self.experts:
                 raise UserError(f"--probes {name}=... names no expert; experts: {', '.join(self.experts)}")
@@ -106,9 +108,14 @@ class ScoreOptions(Options):
     @classmethod
     def from_record(cls, data: Dict[str, Any], **overrides: Any) -> "ScoreOptions":
         """The options a scores file was made with (its models, probes and recorded settings:
-        dtype, batch size, probe limit, pickle and remote-code permissions...), for measuring
-        more on the same setup; `overrides` replace any of them."""
-        names = {f.name for f in dataclasses.fields(cls)}
+        dtype, batch size, probe limit...), for measuring more on the same setup; `overrides`
+        replace any of them. Never from the file: permissions and safety checks (pickle,
+        remote code, the finiteness check), which only the caller's command line grants (a
+        scores file is copied into merged models and downloaded with them), nor this run's
+        device and output handling."""
+        caller_only = ("allow_pickle", "trust_remote_code", "check_finite", "device", "device_map", "out", "resume",
+                       "force", "progress")
+        names = {f.name for f in dataclasses.fields(cls)} - set(caller_only)
         kw = {k: v for k, v in (data.get("options") or {}).items() if k in names}
         kw.update(base=data["base"], experts={n: e["model"] for n, e in data["experts"].items()},
                   probes={n: e["probes"] for n, e in data["experts"].items()}, out="",
@@ -204,7 +211,8 @@ def score(opts: ScoreOptions) -> Dict[str, Any]:
     opts.device = dist.local_device(opts.device)
     out = Path(opts.out)
     if dist.rank() == 0:
-        check_output(out, opts.force or opts.resume, "scores file")
+        check_output(out, opts.force or opts.resume, "scores file",
+                     inputs=[opts.base, *opts.experts.values(), *opts.probes.values()])
     setup = prepare(opts)
     if opts.granularity == "head" and dist.rank() == 0:
         print(head_info(setup.base.config)["note"], file=sys.stderr)
@@ -244,11 +252,7 @@ def _not_finite(whose: str, dtype: str) -> UserError:
 def assemble(setup: Setup, results: Dict[str, ExpertResult]) -> Dict[str, Any]:
     """Scores (ratios) from the measured deltas, in the documented JSON layout."""
     opts = setup.opts
-    units = {
-        u.name: {"layer": u.layer, "kind": u.kind, "category": u.category,
-                 "params": sum(_numel(setup.base, s) for s in u.slices)}
-        for u in setup.units
-    }
+    units = unit_records(setup.base, setup.units)  # what recipe and conflict check a base against
     experts = {}
     for name, r in results.items():
         m_b, m_e = r.base.m, r.expert.m
@@ -315,13 +319,3 @@ def assemble(setup: Setup, results: Dict[str, ExpertResult]) -> Dict[str, Any]:
         "units": units,
         "experts": experts,
     }
-
-
-def _numel(ckpt: Checkpoint, s) -> int:
-    shape = list(ckpt.tensors[s.tensor].shape)
-    if s.dim is not None:
-        shape[s.dim] = s.stop - s.start
-    n = 1
-    for d in shape:
-        n *= d
-    return n

@@ -47,16 +47,30 @@ def load_probes(path: str | Path, limit: Optional[int] = None) -> List[Probe]:
     if not p.is_file():
         raise UserError(f"probes file {str(p)!r} not found")
     probes: List[Probe] = []
-    with open(p, encoding="utf-8") as f:
-        for lineno, raw in enumerate(f, 1):
-            if not raw.strip():
-                continue
-            probes.append(parse_probe_line(raw, f"{p}:{lineno}", lineno))
-            if limit is not None and len(probes) >= limit:
-                break
+    try:
+        with open(p, encoding="utf-8") as f:
+            for lineno, raw in enumerate(f, 1):
+                if not raw.strip():
+                    continue
+                probes.append(parse_probe_line(raw, f"{p}:{lineno}", lineno))
+                if limit is not None and len(probes) >= limit:
+                    break
+    except UnicodeDecodeError:
+        raise UserError(_not_utf8(p)) from None
     if not probes:
         raise UserError(f"probes file {str(p)!r} is empty")
     return probes
+
+
+def _not_utf8(p: Path) -> str:
+    """Where a probes file stops being UTF-8 (text mode decodes ahead, so find the line here)."""
+    for lineno, raw in enumerate(p.read_bytes().splitlines(), 1):
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            return (f"{p}:{lineno}: not UTF-8 text (byte {raw[e.start]:#04x} at column {e.start + 1}); "
+                    "save the probes file as UTF-8")
+    return f"probes file {str(p)!r} is not UTF-8 text; save it as UTF-8"
 
 
 def parse_probe_line(raw: str, where: str, lineno: int = 0) -> Probe:

@@ -11,13 +11,13 @@ import numpy as np
 
 from .. import __version__
 from ..errors import UserError
-from ..io import atomic_write_text, check_output, file_sha256
+from ..io import atomic_write_text, check_inputs, check_output, file_sha256
 from ..merge import engine
 from ..models.checkpoint import Checkpoint
 from ..models.load import param_order
 from ..models.units import Unit, discover_units
 from ..options import Options, opt
-from ..scores import read_scores
+from ..scores import check_expert_name, check_units, read_scores, unit_records
 from . import strategies
 from .defaults import DEFAULT
 from .view import CONTROL_KEYS, SCORE_KEYS, ScoreView
@@ -70,16 +70,15 @@ class Recipe:
     calibration: Optional[List[Dict[str, Any]]] = None
 
 
-def scored_units(data: Dict[str, Any]) -> Tuple[Checkpoint, List[Unit]]:
-    """The scores' base and its units (at the scores' granularity) in the scores file's order."""
-    base = Checkpoint.open(data["base"], "base")
-    units = discover_units(param_order(base), base.family, base.num_layers, data["granularity"], base.config)
-    by_name = {u.name: u for u in units}
-    missing = [u for u in data["units"] if u not in by_name]
-    if missing:
-        raise UserError(f"unit {missing[0]!r} of the scores file is not a {data['granularity']}-granularity unit of "
-                        f"the base {data['base']!r}; was the base changed since scoring?")
-    return base, [by_name[u] for u in data["units"]]
+def scored_units(data: Dict[str, Any], where: str = "scores", allow_pickle: bool = False,
+                 trust_remote_code: bool = False) -> Tuple[Checkpoint, List[Unit]]:
+    """The scores' base and its units (at the scores' granularity), after checking that they
+    are the units the scores were measured on (names in order, layers, sizes)."""
+    base = Checkpoint.open(data["base"], "base", allow_pickle)
+    units = discover_units(param_order(base, trust_remote_code), base.family, base.num_layers, data["granularity"],
+                           base.config)
+    check_units(data, unit_records(base, units), where, data["base"])
+    return base, units
 
 
 def _half_dtype(cfg: Dict[str, Any]) -> Optional[str]:
@@ -122,8 +121,12 @@ def parse_method_params(method: str, raw: Dict[str, str]) -> Tuple[Dict[str, Any
 
 def make_recipe(opts: RecipeOptions, data: Optional[Dict[str, Any]] = None, write: bool = True) -> Recipe:
     if write:
-        check_output(opts.out, opts.force, "recipe")
+        check_output(opts.out, opts.force, "recipe", inputs=[opts.scores])
     data = data if data is not None else read_scores(opts.scores)
+    models = [data["base"], *(e["model"] for e in data["experts"].values())]
+    if write:  # known only now: a recipe written over a model's file would break that model
+        check_inputs(opts.out, models, "recipe")
+    base, scored = scored_units(data, opts.scores)  # before anything reads the base's tensors
     strat = strategies.get(opts.strategy or DEFAULT.strategy)
     key = opts.score or DEFAULT.score_for(opts.strategy)
     view = ScoreView.from_scores(data, key, seed=opts.seed)
@@ -143,8 +146,7 @@ def make_recipe(opts: RecipeOptions, data: Optional[Dict[str, Any]] = None, writ
         # weight): keep B + sum_e w_e (E_e - B) unless the user asks for mergekit's normalisation
         shared.setdefault("normalize", False)
     if data["granularity"] == "head":
-        return _head_recipe(opts, data, strat, view, user_params, key, per_model, shared, write)
-    base, scored = scored_units(data)
+        return _head_recipe(opts, data, base, scored, strat, view, user_params, key, per_model, shared, write)
     out_dtype = _half_dtype(base.config)
     units, unit_tensors = [u.name for u in scored], {u.name: list(u.tensors) for u in scored}
     experts = {e: data["experts"][e]["model"] for e in view.experts}
@@ -179,8 +181,9 @@ def make_recipe(opts: RecipeOptions, data: Optional[Dict[str, Any]] = None, writ
     return recipe
 
 
-def _head_recipe(opts: RecipeOptions, data: Dict[str, Any], strat, view: ScoreView, params: Dict[str, Any], key: str,
-                 per_model: Dict[str, Any], shared: Dict[str, Any], write: bool) -> Recipe:
+def _head_recipe(opts: RecipeOptions, data: Dict[str, Any], base: Checkpoint, units: List[Unit], strat,
+                 view: ScoreView, params: Dict[str, Any], key: str, per_model: Dict[str, Any], shared: Dict[str, Any],
+                 write: bool) -> Recipe:
     """Per-head weights folded into derived experts (see heads.py); no calibration, since
     every candidate would need its own derived experts on disk."""
     from . import heads
@@ -190,13 +193,14 @@ def _head_recipe(opts: RecipeOptions, data: Dict[str, Any], strat, view: ScoreVi
                         "parameters with --param (e.g. --strategy topk --param k=4 --param background=0)")
     if not write:
         raise UserError("head-granularity recipes reference derived experts and must be written to disk")
-    base, units = scored_units(data)
     out_dtype = _half_dtype(base.config)
     w = strat(view, **params)
     names, unit_tensors, folded = heads.fold_units(units, w)
     out_dir = Path(opts.derive_dir) if opts.derive_dir else Path(opts.out).with_name(Path(opts.out).stem + ".experts")
     for e in view.experts:
-        check_output(out_dir / e, opts.force, "derived expert", directory=True)
+        check_expert_name(e, opts.scores)  # in-memory scores did not pass read_scores
+        check_output(out_dir / e, opts.force, "derived expert", directory=True, looks_like="config.json",
+                     inputs=[opts.scores, data["base"], *(x["model"] for x in data["experts"].values())])
 
     def config_for(experts: Dict[str, str]) -> Dict[str, Any]:
         return build_config(method=opts.method, base=data["base"], experts=experts, units=names,

@@ -22,6 +22,7 @@ import numpy as np
 from ..io import atomic_dir
 from ..models.checkpoint import Checkpoint
 from ..models.units import Unit
+from ..scores import check_expert_name
 
 
 def is_head(unit: Unit) -> bool:
@@ -86,6 +87,7 @@ def derive_experts(data: Mapping, units: Sequence[Unit], experts: Sequence[str],
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {}
     for i, e in enumerate(experts):
+        check_expert_name(e, "derived expert")  # a name with '/' or '..' would write outside out_dir
         dest = out_dir / e
         derive_expert(base, Checkpoint.open(data["experts"][e]["model"], f"expert {e!r}"), units, weights[i],
                       dest, force=force)

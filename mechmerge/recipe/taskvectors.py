@@ -16,11 +16,12 @@ from ..models.units import discover_units
 
 
 @lru_cache(maxsize=8)
-def _stats(base: str, experts: Tuple[Tuple[str, str], ...], granularity: str) -> Tuple[Dict[str, np.ndarray], np.ndarray, List[str]]:
-    b = Checkpoint.open(base, "base")
+def _stats(base: str, experts: Tuple[Tuple[str, str], ...], granularity: str,
+           allow_pickle: bool = False) -> Tuple[Dict[str, np.ndarray], np.ndarray, List[str]]:
+    b = Checkpoint.open(base, "base", allow_pickle)
     units = discover_units(param_order(b), b.family, b.num_layers, granularity, b.config)
     names = [e for e, _ in experts]
-    cks = [Checkpoint.open(p, f"expert {e!r}") for e, p in experts]
+    cks = [Checkpoint.open(p, f"expert {e!r}", allow_pickle) for e, p in experts]
     E, U = len(cks), len(units)
     gram = np.zeros((U, E, E))
     for j, u in enumerate(units):
@@ -39,15 +40,17 @@ def _stats(base: str, experts: Tuple[Tuple[str, str], ...], granularity: str) ->
     return {n: norms[:, i] for i, n in enumerate(names)}, cos, [u.name for u in units]
 
 
-def magnitudes(data: dict, experts: Sequence[str]) -> Dict[str, np.ndarray]:
+def magnitudes(data: dict, experts: Sequence[str], allow_pickle: bool = False) -> Dict[str, np.ndarray]:
     """expert -> ‖E − B‖ per unit, in the scores file's unit order."""
-    norms, _, order = _stats(data["base"], tuple((e, data["experts"][e]["model"]) for e in experts), data["granularity"])
+    norms, _, order = _stats(data["base"], tuple((e, data["experts"][e]["model"]) for e in experts), data["granularity"],
+                             allow_pickle)
     idx = [order.index(u) for u in data["units"]]
     return {e: norms[e][idx] for e in experts}
 
 
-def cosines(data: dict, experts: Sequence[str]) -> np.ndarray:
+def cosines(data: dict, experts: Sequence[str], allow_pickle: bool = False) -> np.ndarray:
     """[units, experts, experts] cosine between task vectors on each unit (0 where one is zero)."""
-    _, cos, order = _stats(data["base"], tuple((e, data["experts"][e]["model"]) for e in experts), data["granularity"])
+    _, cos, order = _stats(data["base"], tuple((e, data["experts"][e]["model"]) for e in experts), data["granularity"],
+                           allow_pickle)
     idx = [order.index(u) for u in data["units"]]
     return cos[idx]

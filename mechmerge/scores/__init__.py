@@ -19,6 +19,11 @@
 
 Floats carry 10 significant digits, units are in model order, no timestamps: the same
 inputs give a byte-identical file.
+
+A scores file travels: `merge` copies it into the merged model and `publish` uploads it.
+So what it says is data, never permission: an expert's name must be a plain folder name
+(recipe writes derived experts under it), and the permissions it records (pickle,
+remote code) are ignored by whoever rereads it (`ScoreOptions.from_record`).
 """
 
 from __future__ import annotations
@@ -57,6 +62,7 @@ def validate_scores(data: Any, where: str = "scores") -> None:
     if not isinstance(units, dict) or not units:
         raise UserError(f"{where}: no units")
     for name, e in experts.items():
+        check_expert_name(name, where)
         mods = e.get("modules") if isinstance(e, dict) else None
         if not isinstance(mods, dict):
             raise UserError(f"{where}: expert {name!r} has no 'modules'")
@@ -70,3 +76,51 @@ def validate_scores(data: Any, where: str = "scores") -> None:
                 if v is not None and (not isinstance(v, (int, float)) or not math.isfinite(v)):
                     raise UserError(f"{where}: experts.{name}.modules.{u}.{k} is {v!r}, expected a finite number "
                                     "or null")
+
+
+def check_expert_name(name: Any, where: str = "expert name") -> None:
+    """An expert's name becomes a folder name (recipe's derived experts go to DIR/NAME), so
+    it must name one folder inside DIR: `../../victim` would write beside it."""
+    if not isinstance(name, str) or not name or name.startswith(".") or ".." in name \
+            or any(c in name for c in ("/", "\\", "\0")):
+        raise UserError(f"{where}: expert name {name!r} is not a plain folder name (empty, or with '/', '\\', "
+                        "'..', NUL or a leading '.'); rename the expert")
+
+
+UNIT_FIELDS = ("layer", "kind", "category", "params")
+
+
+def unit_records(ckpt, units) -> Dict[str, Dict[str, Any]]:
+    """The `units` entry a scores file has for `units` (models.units.Unit) of checkpoint `ckpt`."""
+    out = {}
+    for u in units:
+        n = 0
+        for s in u.slices:
+            shape = list(ckpt.tensors[s.tensor].shape)
+            if s.dim is not None:
+                shape[s.dim] = s.stop - s.start
+            n += math.prod(shape)
+        out[u.name] = {"layer": u.layer, "kind": u.kind, "category": u.category, "params": n}
+    return out
+
+
+def check_units(data: Dict[str, Any], base_units: Dict[str, Dict[str, Any]], where: str, base: str) -> None:
+    """Refuse scores measured on another model. The scores' units must be the base's
+    (`unit_records`), in order, with the same layer, kind, category and size where the
+    file records them; otherwise a strategy silently gives the units it has no score for
+    the catch-all weight, or the merge fails on a tensor size after the work is done."""
+    hint = ("; the scores were measured on another model: score this base, or point the scores' \"base\" at "
+            "the model they were measured on")
+    mine, theirs = list(data["units"]), list(base_units)
+    for i, (a, b) in enumerate(zip(mine, theirs)):
+        if a != b:
+            raise UserError(f"{where}: unit {i} is {a!r} in the scores but {b!r} in the base {base!r}{hint}")
+    if len(mine) != len(theirs):
+        first = (f"the base {base!r} has unit {theirs[len(mine)]!r}, which the scores lack" if len(theirs) > len(mine)
+                 else f"the scores have unit {mine[len(theirs)]!r}, which the base {base!r} lacks")
+        raise UserError(f"{where}: {len(mine)} units in the scores, {len(theirs)} in the base: {first}{hint}")
+    for name, rec in data["units"].items():
+        for k in UNIT_FIELDS:
+            if isinstance(rec, dict) and k in rec and rec[k] != base_units[name][k]:
+                raise UserError(f"{where}: unit {name!r} has {k} {rec[k]!r} in the scores but {base_units[name][k]!r} "
+                                f"in the base {base!r}{hint}")

@@ -213,12 +213,33 @@ def test_track_controls_have_the_size_of_the_earlier_set(scored_pair, tmp_path):
 
 def test_conflict_measures_on_the_scorings_own_setup(scored_pair):
     """Causal conflict re-measures with the options the scores were made with (dtype, batch size,
-    probe limit, pickle permission), not with defaults."""
+    probe limit), not with defaults; permissions come from the caller, never from the file."""
     from mechmerge.patching.score import ScoreOptions
 
     d, scores = scored_pair
     data = json.loads(scores.read_text())
     data["options"].update(dtype="bfloat16", batch_size=3, max_probes=4, allow_pickle=True)
     o = ScoreOptions.from_record(data, device="cpu", progress=False)
-    assert (o.dtype, o.batch_size, o.max_probes, o.allow_pickle, o.device) == ("bfloat16", 3, 4, True, "cpu")
+    assert (o.dtype, o.batch_size, o.max_probes, o.allow_pickle, o.device) == ("bfloat16", 3, 4, False, "cpu")
     assert o.experts == {n: e["model"] for n, e in data["experts"].items()} and o.base == data["base"]
+
+
+def test_track_resumes_after_its_scoring_finished(scored_pair, early, tmp_path, monkeypatch, capsys):
+    """Killed after scoring (the scores file is written, the track file is not): --resume reuses the
+    scores instead of refusing the existing file or scoring every checkpoint again; the scores of
+    other options are refused."""
+    from mechmerge.patching import score as score_mod
+
+    d, scores = scored_pair
+    out = tmp_path / "t.json"
+    args = ["track", "--base", d / "base", "--checkpoint", f"early={early}", "--checkpoint", f"late={d / 'a'}",
+            "--probes", d / "a.jsonl", "--out", out, "--top-k", "3", "--no-progress"]
+    assert run(*args) == 0
+    first = out.read_text()
+    out.unlink()
+    assert run(*args) == 2 and "already exists" in capsys.readouterr().err  # the scores file is there
+    monkeypatch.setattr(score_mod, "score", lambda *a, **k: pytest.fail("scored again"))
+    assert run(*args, "--resume") == 0
+    assert out.read_text() == first
+    assert run(*[a if a != "3" else "2" for a in args], "--resume") == 2
+    assert "made with other top_k" in capsys.readouterr().err

@@ -66,14 +66,19 @@ def test_the_card_shows_the_weight_mergekit_applies(scored_pair, weight, down, v
 def test_a_unit_whose_tensors_differ_shows_the_range(scored_pair):
     """A whole-layer unit resolved tensor by tensor: its mlp at one weight, the rest at another."""
     from mechmerge.merge.card import render_card
+    from mechmerge.models.checkpoint import Checkpoint
+    from mechmerge.models.load import param_order
+    from mechmerge.models.units import discover_units
+    from mechmerge.scores import unit_records
 
     d, scores = scored_pair
     data = json.loads(scores.read_text())
     layer = copy.deepcopy(data)
     layer["granularity"] = "layer"
-    layer["units"] = {"model.layers.1": {"layer": 1, "kind": "block", "category": "block", "params": 0}}
+    base = Checkpoint.open(data["base"])  # the card names no unit of scores made on another model
+    layer["units"] = unit_records(base, discover_units(param_order(base), base.family, base.num_layers, "layer"))
     layer["experts"] = {"a": {**data["experts"]["a"], "modules": {
-        "model.layers.1": {"patch_in": 0.5, "knockout": 0.4, "anchor": None}}}}
+        u: {"patch_in": 0.5, "knockout": 0.4, "anchor": None} for u in layer["units"]}}}
     cfg = _one_expert(d, [{"filter": "mlp.", "value": 0.3}, {"value": 0.9}])
     assert _cell(render_card("m", yaml.safe_dump(cfg), cfg, layer), "a", "model.layers.1") == "0.300 to 0.900"
 
