@@ -11,6 +11,7 @@ from typing import Any, Callable, Dict, Optional
 from ..errors import UserError
 from ..io import atomic_dir, check_output, file_sha256, read_json
 from ..options import Options, opt
+from ..recipe.build import RANDOM_METHODS
 from . import engine
 from .card import (minimal_card, model_refs, render_card, scores_path_from_recipe, scores_sha_from_recipe,
                    seed_from_recipe)
@@ -96,10 +97,14 @@ def merge(opts: MergeRunOptions, warn: Callable[[str], None] = _warn) -> Path:
         warn(f"{opts.recipe} has no base_model: mergekit takes config.json and the tokenizer from an arbitrary input "
              "(it can change between runs); add `base_model:` naming the model they should come from (for a linear "
              "merge, one of its models; the weights do not change)")
+    seed = opts.seed if opts.seed is not None else seed_from_recipe(text)
+    if seed is None and cfg.get("merge_method") in RANDOM_METHODS:
+        warn(f"{cfg['merge_method']} drops parameters at random and neither --seed nor the recipe names a seed: "
+             "this merge differs from run to run; pass --seed N to make it reproducible")
     card = _card(out.name, text, cfg, scores, evaluation, warn)
     with atomic_dir(out, force=opts.force) as tmp:
         engine.run_to_dir(text, str(tmp), cuda=opts.cuda, out_shard_size=shard, lazy_unpickle=opts.lazy_unpickle,
-                          random_seed=opts.seed if opts.seed is not None else seed_from_recipe(text))
+                          random_seed=seed)
         (tmp / "README.md").write_text(card, encoding="utf-8")  # replaces mergekit's, which names local paths
         if scores_path and scores is not None:
             shutil.copyfile(scores_path, tmp / "mechmerge_scores.json")

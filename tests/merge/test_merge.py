@@ -321,3 +321,14 @@ def test_relative_model_paths_merge_offline(tmp_path, monkeypatch):
                       "models:\n  - model: zoo/experts/rev\n    parameters: {weight: 1.0}\n")
     assert run_cli("merge", str(recipe), "--out", "merged") == 0
     assert (tmp_path / "merged" / "README.md").read_text().count("mechmerge") > 0
+
+
+def test_a_random_method_without_a_seed_is_warned_about(tmp_path, monkeypatch, capsys):
+    zoo = Path(__file__).parents[2] / "mechmerge" / "zoo" / "data" / "alpha"
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"merge_method: dare_ties\nbase_model: {zoo / 'base'}\ndtype: float32\nmodels:\n"
+                      f"  - model: {zoo / 'experts' / 'rev'}\n    parameters: {{weight: 1.0, density: 0.5}}\n")
+    assert run_cli("merge", str(recipe), "--out", str(tmp_path / "a")) == 0
+    assert "differs from run to run; pass --seed" in capsys.readouterr().err
+    assert run_cli("merge", str(recipe), "--out", str(tmp_path / "b"), "--seed", "3") == 0
+    assert "--seed" not in capsys.readouterr().err
