@@ -11,6 +11,7 @@ each GPU rank computes on its own device (LOCAL_RANK).
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any, List, Sequence, TypeVar
 
 import torch
@@ -50,6 +51,9 @@ def local_device(device: str) -> str:
     """cuda -> cuda:LOCAL_RANK under a launcher, so ranks do not share a GPU."""
     if launched() and device in ("auto", "cuda") and torch.cuda.is_available():
         return f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
+    if launched() and device.startswith("cuda:") and os.environ.get("LOCAL_RANK", "0") == "0":
+        print(f"warning: every process computes on {device} (--device names one GPU); give --device cuda to put "
+              "each process on its own GPU (cuda:LOCAL_RANK)", file=sys.stderr)
     return device
 
 

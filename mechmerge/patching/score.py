@@ -205,6 +205,17 @@ def fingerprint(opts: ScoreOptions, setup_paths: List[Path], model: Optional[tor
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
+def check_journals(out: Path, world: int) -> None:
+    """--resume with another number of processes than the run that wrote the journals: each
+    rank's journal holds the units dealt to it, so they cannot be shared out again."""
+    mine = {f"{out.name}.journal"} if world == 1 else {f"{out.name}.journal.rank{r}" for r in range(world)}
+    other = sorted(p.name for p in out.parent.glob(f"{out.name}.journal*") if p.name not in mine)
+    if other:
+        raise UserError(f"--resume: {', '.join(other)} in {str(out.parent)!r} were written by a run with another "
+                        f"number of processes than this one ({world}); resume with that number, or delete them "
+                        "to start over")
+
+
 def score(opts: ScoreOptions) -> Dict[str, Any]:
     """Run Weight Patching and write `opts.out`; returns the scores dict on rank 0 ({} on the others)."""
     dist.init(opts.device)
@@ -213,6 +224,8 @@ def score(opts: ScoreOptions) -> Dict[str, Any]:
     if dist.rank() == 0:
         check_output(out, opts.force or opts.resume, "scores file",
                      inputs=[opts.base, *opts.experts.values(), *opts.probes.values()])
+        if opts.resume:
+            check_journals(out, dist.world())
     setup = prepare(opts)
     if opts.granularity == "head" and dist.rank() == 0:
         print(head_info(setup.base.config)["note"], file=sys.stderr)

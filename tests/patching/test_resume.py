@@ -86,8 +86,30 @@ def test_resume_refuses_a_journal_of_other_inputs(job, tmp_path):
     assert r.returncode == 2 and "journal" in r.stderr and "Traceback" not in r.stderr
 
 
+def test_resume_refuses_the_journals_of_another_process_count(job, tmp_path):
+    """Two ranks' journals hold the units dealt to each; one process cannot take them over (it
+    used to start afresh and leave them behind)."""
+    d, args = job
+    out = tmp_path / "s.json"
+    for r in (0, 1):
+        (tmp_path / f"s.json.journal.rank{r}").write_text('{"fingerprint": "x"}\n')
+    r = _score(args, out, ["--resume"])
+    assert r.returncode == 2 and "another number of processes" in r.stderr, r.stderr[-500:]
+    assert not out.exists()
+
+
 def test_same_inputs_give_byte_identical_scores(job, reference, tmp_path):
     d, args = job
     again = tmp_path / "again.json"
     assert _score(args, again).returncode == 0
     assert again.read_bytes() == reference.read_bytes()
+
+
+def test_one_named_gpu_for_every_rank_is_warned_about(monkeypatch, capsys):
+    from mechmerge.patching import distributed as dist
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    assert dist.local_device("cuda:0") == "cuda:0"
+    assert "every process computes on cuda:0" in capsys.readouterr().err
+    assert dist.local_device("cpu") == "cpu" and capsys.readouterr().err == ""
