@@ -10,6 +10,7 @@ import functools
 import io
 import logging
 import tempfile
+from pathlib import Path
 from typing import Any, Dict, Iterable, Iterator, Optional
 
 import torch
@@ -226,3 +227,5 @@ def run_to_dir(cfg_text: str, out_dir: str, cuda: bool = False, out_shard_size: 
     ctx = _quiet() if quiet else contextlib.nullcontext()
     with ctx:
         run_merge(config, out_dir, options=MergeOptions(**kw), config_source=cfg_text)
+    # what mergekit writes beside its card, which is switched off: the recipe as it ran
+    (Path(out_dir) / "mergekit_config.yml").write_text(cfg_text, encoding="utf-8")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 from ..errors import UserError
 from ..options import Options, opt
@@ -24,6 +24,9 @@ class PublishOptions(Options):
     private: bool = field(default=False, metadata=opt("Create the repository as private."))
     dry_run: bool = field(default=False, metadata=opt("List what would be uploaded and stop."))
     message: str = field(default="Upload merge made with mechmerge", metadata=opt("Commit message."))
+    eval_json: Optional[str] = field(default=None, metadata=opt(
+        "`mechmerge eval --json` output to add to the model card first (DIR/README.md is rewritten, as "
+        "`merge --eval` would have written it; not with --dry-run).", flag="eval"))
 
 
 # Hidden files and folders stay home: `.*` matches a hidden top-level entry (and all under it),
@@ -106,11 +109,21 @@ def check_credentials() -> None:
 def publish(opts: PublishOptions, echo=print) -> List[Tuple[str, int]]:
     d = Path(opts.model_dir)
     check_model_dir(d)
-    check_card_metadata(d)
     if not REPO_ID.match(opts.repo):
         raise UserError(f"--repo {opts.repo!r} is not a Hub repository id like 'owner/name'")
     if not opts.dry_run:
-        check_credentials()
+        check_credentials()  # before the card is rewritten: a refused publish changes nothing
+    if opts.eval_json:
+        from ..io import atomic_write_text
+        from .run import card_with_evaluation
+
+        card = card_with_evaluation(d, opts.eval_json)
+        if opts.dry_run:
+            echo(f"would add {opts.eval_json} to the model card")
+        else:
+            atomic_write_text(d / "README.md", card)
+            echo(f"added {opts.eval_json} to the model card {d / 'README.md'}")
+    check_card_metadata(d)
     files = files_to_send(d)
     total = sum(s for _, s in files)
     echo(f"{'would upload' if opts.dry_run else 'uploading'} {len(files)} files ({total / 2**20:.1f} MiB) "

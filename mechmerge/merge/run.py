@@ -61,6 +61,32 @@ def _card(name: str, text: str, cfg: Dict[str, Any], scores, evaluation, warn: C
         return minimal_card(name, text, cfg)
 
 
+def read_evaluation(path: str) -> Dict[str, Any]:
+    evaluation = read_json(path, "--eval file")
+    tasks = evaluation.get("tasks") if isinstance(evaluation, dict) else None
+    if not isinstance(tasks, dict) or not tasks or not all(
+            isinstance(t, dict) and {"accuracy", "logprob", "n"} <= set(t) for t in tasks.values()):
+        raise UserError(f"--eval {path!r}: not a `mechmerge eval --json` file (expected 'tasks' with "
+                        "accuracy, logprob and n per task)")
+    return evaluation
+
+
+def card_with_evaluation(model_dir: Path, eval_json: str, warn: Callable[[str], None] = _warn) -> str:
+    """The card `merge --eval` would have written for `model_dir`, from what the merge left in
+    it (mergekit_config.yml is the recipe verbatim, mechmerge_scores.json the scores): so an
+    evaluation made after the merge reaches the card without merging again."""
+    from ..scores import read_scores
+
+    recipe = model_dir / "mergekit_config.yml"
+    if not recipe.is_file():
+        raise UserError(f"{str(model_dir)!r} has no mergekit_config.yml; --eval needs a folder written by "
+                        "`mechmerge merge`")
+    text = recipe.read_text()
+    scores_file = model_dir / "mechmerge_scores.json"
+    scores = read_scores(str(scores_file)) if scores_file.is_file() else None
+    return _card(model_dir.name, text, engine.load_recipe_yaml(str(recipe)), scores, read_evaluation(eval_json), warn)
+
+
 def merge(opts: MergeRunOptions, warn: Callable[[str], None] = _warn) -> Path:
     cfg = engine.load_recipe_yaml(opts.recipe)
     text = Path(opts.recipe).read_text()
@@ -82,14 +108,7 @@ def merge(opts: MergeRunOptions, warn: Callable[[str], None] = _warn) -> Path:
         scores = read_scores(scores_path)
     elif opts.scores:
         raise UserError(f"scores file {opts.scores!r} not found")
-    evaluation = None
-    if opts.eval_json:
-        evaluation = read_json(opts.eval_json, "--eval file")
-        tasks = evaluation.get("tasks") if isinstance(evaluation, dict) else None
-        if not isinstance(tasks, dict) or not tasks or not all(
-                isinstance(t, dict) and {"accuracy", "logprob", "n"} <= set(t) for t in tasks.values()):
-            raise UserError(f"--eval {opts.eval_json!r}: not a `mechmerge eval --json` file (expected 'tasks' with "
-                            "accuracy, logprob and n per task)")
+    evaluation = read_evaluation(opts.eval_json) if opts.eval_json else None
     shard = _shard_bytes(opts.out_shard_size)
     if not cfg.get("base_model") and len(model_refs(cfg)) > 1:
         # mergekit then copies config.json, the tokenizer and generation_config from

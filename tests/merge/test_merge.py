@@ -321,6 +321,7 @@ def test_relative_model_paths_merge_offline(tmp_path, monkeypatch):
                       "models:\n  - model: zoo/experts/rev\n    parameters: {weight: 1.0}\n")
     assert run_cli("merge", str(recipe), "--out", "merged") == 0
     assert (tmp_path / "merged" / "README.md").read_text().count("mechmerge") > 0
+    assert (tmp_path / "merged" / "mergekit_config.yml").read_text() == recipe.read_text()  # the record
 
 
 def test_a_random_method_without_a_seed_is_warned_about(tmp_path, monkeypatch, capsys):
@@ -332,3 +333,35 @@ def test_a_random_method_without_a_seed_is_warned_about(tmp_path, monkeypatch, c
     assert "differs from run to run; pass --seed" in capsys.readouterr().err
     assert run_cli("merge", str(recipe), "--out", str(tmp_path / "b"), "--seed", "3") == 0
     assert "--seed" not in capsys.readouterr().err
+
+
+def test_publish_eval_puts_a_later_evaluation_on_the_card(scored_pair, tmp_path, monkeypatch, capsys):
+    """merge, then eval, then `publish --eval`: the uploaded card is the one `merge --eval` writes."""
+    d, scores = scored_pair
+    recipe = tmp_path / "r.yaml"
+    assert run_cli("recipe", str(scores), "--out", str(recipe), "--no-progress") == 0
+    plain, carded = tmp_path / "a" / "merged", tmp_path / "b" / "merged"  # same name: the card's title
+    assert run_cli("merge", str(recipe), "--out", str(plain)) == 0
+    ev = tmp_path / "eval.json"
+    assert run_cli("eval", str(plain), "--probes", f"a={d / 'a.jsonl'}", "--json", str(ev), "--no-progress") == 0
+    assert run_cli("merge", str(recipe), "--out", str(carded), "--eval", str(ev)) == 0
+    before = (plain / "README.md").read_text()
+    assert before != (carded / "README.md").read_text()
+    assert run_cli("publish", str(plain), "--repo", "me/m", "--dry-run", "--eval", str(ev)) == 0
+    assert (plain / "README.md").read_text() == before  # a dry run changes nothing
+    sent = []
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_TOKEN", "hf_x")
+    from mechmerge.merge import publish
+
+    class FakeHub:
+        def create_repo(self, **kw):
+            pass
+
+        def upload_folder(self, folder_path, **kw):
+            sent.append((Path(folder_path) / "README.md").read_text())
+
+    monkeypatch.setattr(publish, "make_api", lambda: FakeHub())
+    assert run_cli("publish", str(plain), "--repo", "me/m", "--eval", str(ev)) == 0
+    assert sent == [(carded / "README.md").read_text()]
+    assert run_cli("publish", str(plain), "--repo", "me/m", "--eval", str(recipe)) == 2
