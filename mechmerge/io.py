@@ -220,7 +220,9 @@ def clean_stale_partials(path: Path, note=None) -> None:
     host and PID (`.NAME.XXXXXXXX.partial`) and other hosts' partials are only mentioned."""
     note = note or (lambda msg: print(f"note: {msg}", file=sys.stderr))
     name = re.escape(path.name)
-    ours = re.compile(rf"^\.{name}\.([A-Za-z0-9_-]+)\.(\d+)\.[a-z0-9_]{{8}}\.partial$")
+    # also the partial of an output built inside this output's own partial (a pipeline stage that
+    # imports into its temporary folder): `..NAME.H.P.x.partial.H.P.y.partial`, by its last H.P
+    ours = re.compile(rf"^\.+{name}\.(?:.*\.partial\.)?([A-Za-z0-9_-]+)\.(\d+)\.[a-z0-9_]{{8}}\.partial$")
     legacy = re.compile(rf"^\.{name}\.[a-z0-9_]{{8}}\.partial$")
     host = _host()
     try:

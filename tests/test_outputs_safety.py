@@ -185,7 +185,8 @@ def zoo_scores(zoo_src, tmp_path_factory):
 
 def test_commands_reading_scores_refuse_to_overwrite_them(zoo_scores, capsys, monkeypatch):
     d, z, scores = zoo_scores
-    before = scores.read_bytes(), (z / "base" / "config.json").read_bytes()
+    probe = z / "probes" / "rev.score.jsonl"
+    before = scores.read_bytes(), (z / "base" / "config.json").read_bytes(), probe.read_bytes()
     import mechmerge.analysis.conflict as cf
 
     monkeypatch.setattr(cf, "static_conflict", lambda *a, **k: pytest.fail("work started"))
@@ -193,12 +194,16 @@ def test_commands_reading_scores_refuse_to_overwrite_them(zoo_scores, capsys, mo
         (["recipe", scores, "--out", scores, "--force", "--no-progress"], "is the input"),
         (["recipe", scores, "--out", z / "base" / "config.json", "--force", "--no-progress"], "lies inside the input"),
         (["conflict", scores, "--out", scores, "--force", "--no-causal"], "is the input"),
+        # the models and probes the scores name are inputs too
+        (["conflict", scores, "--out", z / "base" / "config.json", "--force", "--no-causal"], "lies inside the input"),
+        (["conflict", scores, "--out", probe, "--force"], "is the input"),
+        (["recipe", scores, "--out", probe, "--force", "--no-progress"], "is the input"),
         (["agree", scores, scores, "--out", scores, "--force"], "is the input"),
     ]
     for args, fragment in cases:
         code, err = run(args, capsys)
         assert code == 2 and fragment in err, (args, err)
-    assert (scores.read_bytes(), (z / "base" / "config.json").read_bytes()) == before
+    assert (scores.read_bytes(), (z / "base" / "config.json").read_bytes(), probe.read_bytes()) == before
 
 
 def test_eval_and_track_refuse_to_write_into_their_models(zoo, capsys, monkeypatch):
@@ -365,6 +370,20 @@ def test_a_killed_runs_partial_output_is_removed_by_the_next_run(tmp_path):
     assert any(str(stale) in n and "removed" in n for n in notes)
     assert any(str(keep["old name"]) in n for n in notes) and any(str(keep["other host"]) in n for n in notes)
     assert (out / "config.json").is_file()
+
+
+def test_the_partial_of_an_output_built_inside_a_partial_is_removed_too(tmp_path):
+    """A pipeline stage imports a model into its own temporary folder; killed, it leaves
+    `.base.H.P.x.partial` and, beside it, `..base.H.P.x.partial.H.P.y.partial` (a model copy)."""
+    from mechmerge.io import _host, clean_stale_partials
+
+    dead = _dead_pid()
+    outer = tmp_path / f".base.{_host()}.{dead}.abcdefgh.partial"
+    inner = tmp_path / f"..base.{_host()}.{dead}.abcdefgh.partial.{_host()}.{dead}.ijklmnop.partial"
+    for d in (outer, inner):
+        d.mkdir()
+    clean_stale_partials(tmp_path / "base", note=lambda m: None)
+    assert not outer.exists() and not inner.exists()
 
 
 # ---- 5. permissions of finished outputs ------------------------------------------------------

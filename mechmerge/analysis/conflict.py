@@ -88,6 +88,12 @@ def conflict(opts: ConflictOptions) -> Dict[str, Any]:
     if opts.out:
         check_output(opts.out, opts.force, "conflict file", inputs=[opts.scores])
     data = read_scores(opts.scores)
+    if opts.out:  # known only now: the models (and, for --causal, the probes) the scores name
+        from ..io import check_inputs
+
+        read = [data["base"], *(e["model"] for e in data["experts"].values())]
+        read += [e["probes"] for e in data["experts"].values()] if opts.causal else []
+        check_inputs(opts.out, read, "conflict file", directory=False)
     if len(data["experts"]) < 2:
         from ..errors import UserError
 

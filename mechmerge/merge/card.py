@@ -305,6 +305,16 @@ def minimal_card(name: str, recipe_text: str, cfg: Dict[str, Any]) -> str:
                       "", *_recipe_section(recipe_text, model_refs(cfg))])
 
 
+def with_evaluation(card: str, evaluation: Dict[str, Any]) -> str:
+    """`card` with its Evaluation section set to `evaluation`, where render_card puts it (before
+    the recipe): the card `merge --eval` writes, without re-rendering the rest, whose relative
+    model paths would resolve against another working directory."""
+    card = re.sub(r"\n## Evaluation\n\n.*?\n\n(?=## Recipe\n)", "\n", card, count=1, flags=re.S)
+    section = f"## Evaluation\n\n{_eval_table(evaluation)}\n\n"
+    i = card.find("\n## Recipe\n")
+    return card[: i + 1] + section + card[i + 1:] if i >= 0 else card.rstrip("\n") + "\n\n" + section
+
+
 def _eval_table(ev: Dict[str, Any]) -> str:
     rows = ["| task | accuracy | log-prob | n | Q1 | Q2 | Q3 | Q4 |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for task, t in ev.get("tasks", {}).items():

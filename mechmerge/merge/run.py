@@ -71,20 +71,12 @@ def read_evaluation(path: str) -> Dict[str, Any]:
     return evaluation
 
 
-def card_with_evaluation(model_dir: Path, eval_json: str, warn: Callable[[str], None] = _warn) -> str:
-    """The card `merge --eval` would have written for `model_dir`, from what the merge left in
-    it (mergekit_config.yml is the recipe verbatim, mechmerge_scores.json the scores): so an
+def card_with_evaluation(model_dir: Path, eval_json: str) -> str:
+    """DIR's model card with the evaluation in it, as `merge --eval` would have written it: so an
     evaluation made after the merge reaches the card without merging again."""
-    from ..scores import read_scores
+    from .card import with_evaluation
 
-    recipe = model_dir / "mergekit_config.yml"
-    if not recipe.is_file():
-        raise UserError(f"{str(model_dir)!r} has no mergekit_config.yml; --eval needs a folder written by "
-                        "`mechmerge merge`")
-    text = recipe.read_text()
-    scores_file = model_dir / "mechmerge_scores.json"
-    scores = read_scores(str(scores_file)) if scores_file.is_file() else None
-    return _card(model_dir.name, text, engine.load_recipe_yaml(str(recipe)), scores, read_evaluation(eval_json), warn)
+    return with_evaluation((model_dir / "README.md").read_text(encoding="utf-8"), read_evaluation(eval_json))
 
 
 def merge(opts: MergeRunOptions, warn: Callable[[str], None] = _warn) -> Path:

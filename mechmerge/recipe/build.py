@@ -124,8 +124,8 @@ def make_recipe(opts: RecipeOptions, data: Optional[Dict[str, Any]] = None, writ
         check_output(opts.out, opts.force, "recipe", inputs=[opts.scores])
     data = data if data is not None else read_scores(opts.scores)
     models = [data["base"], *(e["model"] for e in data["experts"].values())]
-    if write:  # known only now: a recipe written over a model's file would break that model
-        check_inputs(opts.out, models, "recipe")
+    if write:  # known only now: the models, and the probes calibration reads
+        check_inputs(opts.out, models + [e["probes"] for e in data["experts"].values()], "recipe", directory=False)
     base, scored = scored_units(data, opts.scores)  # before anything reads the base's tensors
     strat = strategies.get(opts.strategy or DEFAULT.strategy)
     key = opts.score or DEFAULT.score_for(opts.strategy)

@@ -27,7 +27,7 @@ MARKER = ".mechmerge-demo"
 ARTIFACTS = ("scores.json", "guided.yaml", "uniform.yaml", "merged-guided", "merged-uniform", MARKER)
 # what a killed demo leaves besides them: the scoring journal, atomic_dir's and atomic_write_text's temporaries
 LEFTOVERS = re.compile(r"^(scores\.json\.journal(\.rank\d+)?|\.(scores\.json|guided\.yaml|uniform\.yaml)\..*\.tmp"
-                       r"|\.merged-(guided|uniform)\..*\.(partial|old))$")
+                       r"|\.merged-(guided|uniform)\.(.*\.partial|old))$")
 
 
 def prepare_folder(out: Path, force: bool, zoo_root: Path) -> Path:

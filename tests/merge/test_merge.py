@@ -364,4 +364,7 @@ def test_publish_eval_puts_a_later_evaluation_on_the_card(scored_pair, tmp_path,
     monkeypatch.setattr(publish, "make_api", lambda: FakeHub())
     assert run_cli("publish", str(plain), "--repo", "me/m", "--eval", str(ev)) == 0
     assert sent == [(carded / "README.md").read_text()]
+    monkeypatch.chdir(tmp_path / "a")  # the card is not re-rendered, so nothing resolves differently
+    assert run_cli("publish", "merged", "--repo", "me/m", "--eval", str(ev)) == 0  # replaced, not added twice
+    assert sent[1] == sent[0]
     assert run_cli("publish", str(plain), "--repo", "me/m", "--eval", str(recipe)) == 2

@@ -15,7 +15,7 @@ ZOO = SHIPPED / "alpha"
 @pytest.fixture(scope="module")
 def m():
     if not (ZOO / "zoo.json").is_file():
-        pytest.fail(f"the shipped zoo {ZOO} is missing; build it with `mechmerge zoo --out {ZOO}`")
+        pytest.fail(f"the shipped zoo {ZOO} is missing; build it with `mechmerge zoo --out /tmp/alpha` and copy that folder to {ZOO} (the command refuses to write into the package's zoo folder)")
     return manifest(ZOO)
 
 
