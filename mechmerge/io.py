@@ -105,7 +105,7 @@ def check_inputs(path: str | Path, inputs: Iterable[Any], what: str = "output", 
             problem = f"lies inside the input {str(i)!r}"
         else:
             continue
-        raise UserError(f"{what} {str(path)!r} {problem}; write it somewhere else (--out)")
+        raise UserError(f"{what} {str(path)!r} {problem}; write it somewhere else")
 
 
 def _refuse_working_dirs(p: Path, what: str) -> None:
