@@ -101,7 +101,7 @@ def check_inputs(path: str | Path, inputs: Iterable[Any], what: str = "output", 
             problem = f"is the input {str(i)!r}"
         elif replaced and _within(real, out):
             problem = f"holds the input {str(i)!r}; replacing it would delete that input"
-        elif src.is_dir() and _within(out, real) and (directory or out == real or MODEL_FILE.search(out.name)):
+        elif src.is_dir() and _within(out, real) and (directory or MODEL_FILE.search(out.name)):
             problem = f"lies inside the input {str(i)!r}"
         else:
             continue

@@ -85,8 +85,8 @@ def finished_scores(sopts) -> Optional[Dict[str, Any]]:
     recorded = data.get("options", {}) if isinstance(data, dict) else {}
     now = sopts.to_dict()
     differ = sorted(k for k in recorded if k in now and recorded[k] != now[k])
-    shas = {n: e.get("probes_sha256") for n, e in data.get("experts", {}).items()} if not differ else {}
-    if not differ and shas != {n: file_sha256(p) for n, p in sopts.probes.items()}:
+    if not differ and ({n: e.get("probes_sha256") for n, e in data.get("experts", {}).items()}
+                       != {n: file_sha256(p) for n, p in sopts.probes.items()}):
         differ = ["probes (content)"]
     if differ:
         raise UserError(f"--resume: {path} was made with other {', '.join(differ)}; run with --force to score again")

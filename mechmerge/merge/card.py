@@ -102,6 +102,12 @@ def model_refs(cfg: Dict[str, Any]) -> List[str]:
 
 # ---- front matter ---------------------------------------------------------------------------
 
+def parse_front_matter(text: str) -> Any:
+    """The YAML between a README's opening '---' lines (None without them); raises
+    yaml.YAMLError when it is not valid YAML."""
+    return yaml.safe_load(text.split("---", 2)[1]) if text.startswith("---") else None
+
+
 def _readme_meta(ref: str) -> Dict[str, Any]:
     """The YAML front matter of a model's README: a local folder's, or a Hub model's already in
     the local cache (no download)."""
@@ -114,12 +120,9 @@ def _readme_meta(ref: str) -> Dict[str, Any]:
         readme = Path(found) if isinstance(found, str) else None
     if readme is None:
         return {}
-    text = readme.read_text(encoding="utf-8", errors="replace")
-    if not text.startswith("---"):
-        return {}
     try:
-        meta = yaml.safe_load(text.split("---", 2)[1])
-    except (yaml.YAMLError, IndexError):
+        meta = parse_front_matter(readme.read_text(encoding="utf-8", errors="replace"))
+    except yaml.YAMLError:
         return {}
     return meta if isinstance(meta, dict) else {}
 

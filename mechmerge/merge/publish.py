@@ -71,12 +71,11 @@ def check_card_metadata(d: Path) -> None:
     has started; cards from earlier mechmerge versions listed the base's local folder there."""
     import yaml
 
-    from .card import hub_ids
+    from .card import hub_ids, parse_front_matter
 
-    text = (d / "README.md").read_text(encoding="utf-8", errors="replace")
     try:
-        meta = yaml.safe_load(text.split("---", 2)[1]) if text.startswith("---") else None
-    except (yaml.YAMLError, IndexError):
+        meta = parse_front_matter((d / "README.md").read_text(encoding="utf-8", errors="replace"))
+    except yaml.YAMLError:
         raise UserError(f"{d / 'README.md'}: its front matter (between the '---' lines) is not valid YAML") from None
     bases = meta.get("base_model") if isinstance(meta, dict) else None
     for b in bases if isinstance(bases, list) else [bases] if bases is not None else []:

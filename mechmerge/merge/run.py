@@ -116,7 +116,7 @@ def merge(opts: MergeRunOptions, warn: Callable[[str], None] = _warn) -> Path:
     with atomic_dir(out, force=opts.force) as tmp:
         engine.run_to_dir(text, str(tmp), cuda=opts.cuda, out_shard_size=shard, lazy_unpickle=opts.lazy_unpickle,
                           random_seed=seed)
-        (tmp / "README.md").write_text(card, encoding="utf-8")  # replaces mergekit's, which names local paths
+        (tmp / "README.md").write_text(card, encoding="utf-8")
         if scores_path and scores is not None:
             shutil.copyfile(scores_path, tmp / "mechmerge_scores.json")
     return out
