@@ -32,6 +32,25 @@ def publish_dir(ctx: Context, stage: str) -> Path:
     return d
 
 
+EVAL_DTYPES = ("bfloat16", "float32")
+
+
+def eval_dtype_of(ctx: Context, stage: str):
+    """The dtype a stage generates and scores evaluations in (`--set STAGE.eval_dtype=`).
+    bfloat16 by default: greedy generation is 1.8-2.5x faster on this CPU (AVX512-BF16), and on
+    a LoRA uppercase specialist's 48 dev prompts it passed the same 0.9375 as float32, with the
+    log-probability of the base's answers 0.002 apart. Every model of a stage is evaluated in
+    the same dtype; Weight Patching and calibration stay float32."""
+    import torch
+
+    name = ctx.param(f"{stage}.eval_dtype", "bfloat16")
+    if name not in EVAL_DTYPES:
+        from mechmerge.errors import UserError
+
+        raise UserError(f"--set {stage}.eval_dtype={name}: expected one of {', '.join(EVAL_DTYPES)}")
+    return getattr(torch, name)
+
+
 def probes_file(ctx: Context, constraint: str, split: str) -> Path:
     p = ctx.artifact("data") / constraint / f"{split}.jsonl"
     if not p.is_file():
@@ -65,11 +84,16 @@ def link_tree(src: Path, dst: Path) -> None:
         if f.is_dir():
             target.mkdir(parents=True, exist_ok=True)
             continue
-        target.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.link(f, target)
-        except OSError:
-            shutil.copy2(f, target)
+        link_tree_file(f, target)
+
+
+def link_tree_file(src: Path, dst: Path) -> None:
+    """One file of `link_tree`: hard-linked, or copied where links are impossible."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
 
 
 def write_json(path: Path, obj: Any) -> None:

@@ -17,7 +17,11 @@ from typing import Sequence
 from mechmerge.errors import UserError
 
 from .models import MODELS
+from . import store as stored
+from .artifacts import REPO
 from .runner import STAGES, Context, StageStopped, cache_root, parse_sets, run, state
+
+STORE = REPO / "eval" / "real" / "store"
 
 
 def pick_threads(arg: str) -> int:
@@ -51,6 +55,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--set", action="append", default=[], metavar="STAGE.KEY=VALUE", help="a stage parameter")
     ap.add_argument("--cache", default=None,
                     help="cache root (default: $MECHMERGE_CACHE/real or ~/.cache/mechmerge/real)")
+    ap.add_argument("--store", default=str(STORE),
+                    help="the committed store that stages are kept in and restored from (store.py); "
+                         "'none' to neither read nor write it")
     ap.add_argument("--nice", type=int, default=10, help="niceness added to this process (shared CPUs)")
     ap.add_argument("--threads", default="auto",
                     help="torch threads; auto: the cores other processes leave idle (1-minute load), at least 1")
@@ -59,13 +66,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         spec = MODELS.get(args.model)
         root = (Path(args.cache).expanduser() if args.cache else cache_root()) / spec.name
-        ctx = Context(spec, root, parse_sets(args.set), log=lambda m: print(m, flush=True))
+        store = None if args.store.lower() == "none" else Path(args.store).expanduser() / spec.name
+        ctx = Context(spec, root, parse_sets(args.set), log=lambda m: print(m, flush=True), store=store)
         if args.list:
             print(f"models: {', '.join(MODELS.names())}\nstages for {spec.name} under {root}:")
             for name in STAGES.names():
                 st = STAGES.get(name)
                 req = f" (needs {', '.join(st.requires)})" if st.requires else ""
-                print(f"  {name:<12} {state(ctx, name):<9} {st.doc}{req}")
+                kept = "stored" if store is not None and stored.manifest(store, name) else ""
+                print(f"  {name:<12} {state(ctx, name):<9} {kept:<7} {st.doc}{req}")
             return 0
         if args.nice:
             os.nice(args.nice)

@@ -30,12 +30,13 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from mechmerge.errors import UserError
 from mechmerge.io import atomic_dir, atomic_write_text, dumps
 from mechmerge.registry import Registry
 
+from . import store as stored
 from .models import ModelSpec
 
 MANIFEST = "stage.json"
@@ -58,18 +59,23 @@ class Stage:
     stamp_work: bool = False
     volatile: Tuple[str, ...] = ()  # --set keys that change speed or output only, not results
     redo_clears: bool = True  # False: a cache that checks its own protocol survives --redo (re-rendering)
+    # Files of the artifact (fnmatch patterns) kept in the committed store (store.py); None: not
+    # stored, (): the manifest only. `restore(ctx, out)` rebuilds what the store does not hold.
+    store: Optional[Tuple[str, ...]] = None
+    restore: Optional[Callable[["Context", Path], None]] = None
 
 
 STAGES: Registry[Stage] = Registry("stage")
 
 
 def stage(name: str, artifact: str, requires: Sequence[str] = (), stamp_work: bool = False,
-          volatile: Sequence[str] = (), redo_clears: bool = True):
+          volatile: Sequence[str] = (), redo_clears: bool = True, store: Optional[Sequence[str]] = None,
+          restore: Optional[Callable[["Context", Path], None]] = None):
     """Register `fn(ctx, out) -> summary dict` as stage `name`, building `<root>/<artifact>`."""
     def deco(fn):
         doc = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""  # shown by --list
         STAGES.register(name)(Stage(name, fn, artifact, tuple(requires), doc, stamp_work, tuple(volatile),
-                                             redo_clears))
+                                    redo_clears, None if store is None else tuple(store), restore))
         return fn
 
     return deco
@@ -87,6 +93,7 @@ class Context:
     log: Callable[[str], None] = print
     used: Dict[str, Any] = field(default_factory=dict)  # params read by the running stage
     threads: int = 0  # torch threads the command line chose (0: left as torch set them)
+    store: Optional[Path] = None  # the committed store of this model (store.py); None: not used
 
     def artifact(self, name: str) -> Path:
         return self.root / STAGES.get(name).artifact
@@ -181,13 +188,56 @@ def _fmt_set(values: Dict[str, str]) -> str:
     return " ".join(f"{k}={v}" for k, v in values.items()) or "(none)"
 
 
-def run_stage(ctx: Context, st: Stage, fresh: bool = False) -> Dict[str, Any]:
+def inputs_of(ctx: Context, st: Stage) -> Dict[str, str]:
+    """The built_id of each requirement's artifact (all must exist)."""
     inputs = {}
     for req in st.requires:
         m = manifest_of(ctx.artifact(req))
         if m is None:
             raise UserError(f"stage {st.name!r} needs stage {req!r}, whose artifact {ctx.artifact(req)} is missing")
         inputs[req] = m["built_id"]
+    return inputs
+
+
+def restorable(ctx: Context, st: Stage) -> Optional[Dict[str, Any]]:
+    """The store's manifest of `st` when it was built from the inputs the cache holds now and
+    with the --set values asked for; None otherwise (said in the log when a build is there)."""
+    if ctx.store is None or st.store is None:
+        return None
+    m = stored.manifest(ctx.store, st.name)
+    if m is None:
+        return None
+    if m.get("inputs") != inputs_of(ctx, st):
+        ctx.log(f"[{st.name}] the store's build ({m.get('built_id')}) was made from other inputs: not restored")
+        return None
+    recorded = m.get("params", {})
+    differ = [k for k, v in ctx.params.items() if k.startswith(st.name + ".") and k.split(".", 1)[1] not in st.volatile
+              and not same_value(recorded.get(k), v)]
+    if differ:
+        ctx.log(f"[{st.name}] the store's build used {', '.join(f'{k}={recorded.get(k)}' for k in differ)}: "
+                "not restored")
+        return None
+    return m
+
+
+def restore_stage(ctx: Context, st: Stage, m: Dict[str, Any]) -> Dict[str, Any]:
+    """Rebuild the artifact of `st` from the store, keeping the stored manifest (and built_id)."""
+    t0 = time.perf_counter()
+    final = ctx.artifact(st.name)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    ctx.used = {}
+    with atomic_dir(final, force=True) as tmp:
+        stored.copy_back(ctx.store, st.name, tmp)
+        if st.restore is not None:
+            st.restore(ctx, tmp)
+        manifest = {**m, "restored": {"finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                                      "seconds": time.perf_counter() - t0}}
+        atomic_write_text(tmp / MANIFEST, dumps(manifest))
+    return manifest
+
+
+def run_stage(ctx: Context, st: Stage, fresh: bool = False) -> Dict[str, Any]:
+    inputs = inputs_of(ctx, st)
     if st.stamp_work:
         check_work(ctx, st, inputs, fresh)
     final = ctx.artifact(st.name)
@@ -201,6 +251,9 @@ def run_stage(ctx: Context, st: Stage, fresh: bool = False) -> Dict[str, Any]:
                     "built_id": f"{st.name}-{time.time_ns()}", "seconds": time.perf_counter() - t0,
                     "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "summary": summary}
         atomic_write_text(tmp / MANIFEST, dumps(manifest))
+    if ctx.store is not None and st.store is not None:
+        files = stored.save(ctx.store, st.name, final, st.store)
+        ctx.log(f"[{st.name}] stored {len(files)} file(s) and the manifest in {stored.stage_dir(ctx.store, st.name)}")
     return manifest
 
 
@@ -243,6 +296,15 @@ def run(ctx: Context, names: Sequence[str], redo: Sequence[str] = ()) -> Dict[st
             ctx.log(f"[{name}] complete, skipped: {path}{param_note(ctx, name)}")
             out[name] = manifest_of(path)
             continue
+        m = restorable(ctx, st) if name not in redo else None
+        if m is not None:
+            ctx.log(f"[{name}] restoring {m['built_id']} from {stored.stage_dir(ctx.store, name)}")
+            try:
+                out[name] = restore_stage(ctx, st, m)
+                ctx.log(f"[{name}] restored in {out[name]['restored']['seconds']:.1f}s -> {path}")
+                continue
+            except stored.NotRestorable as e:
+                ctx.log(f"[{name}] not restored: {e}")
         why = {"missing": "", "stale": " (a requirement was rebuilt)"}.get(now, " (--redo)")
         ctx.log(f"[{name}] {st.doc}{why}")
         out[name] = run_stage(ctx, st, fresh=name in redo)

@@ -31,6 +31,8 @@ import torch
 from mechmerge.probes import Probe, tokenize_probe
 from mechmerge.zoo.train import IGNORE, Example, pad_batch, warmup_cosine
 
+from .lora import add_lora
+
 
 @dataclass(frozen=True)
 class FinetuneConfig:
@@ -48,6 +50,13 @@ class FinetuneConfig:
     freeze_embeddings: bool = False  # Gemma-3: the 262k x 640 matrix is also the lm_head
     max_len: int = 320  # longer examples fail loudly (SmolLM2's longest is 185 tokens)
     checkpoint_every: int = 25  # steps between resumable checkpoints
+    # LoRA (lora.py) on every linear layer of the blocks; 0: a full fine-tune. Rank 8 makes an
+    # adapter file of 3.8-4.9 MB (float16), small enough to commit, so specialists outlive the cache.
+    lora_rank: int = 0
+    lora_alpha: float = 16.0  # the update is scaled by alpha / rank
+    # Forward and backward matmuls in bfloat16, weights and optimizer in float32: 1.6x faster
+    # steps on the AVX512-BF16 CPU here (SmolLM2, LoRA: 3.1 s vs 5.0 s a step on 2 threads).
+    autocast_bf16: bool = False
 
     @property
     def n_replay(self) -> int:
@@ -125,7 +134,9 @@ def save_state(path: Path, step: int, params: Dict[str, torch.nn.Parameter], opt
 def train(model, tokenizer, task: Sequence[Probe], replay: Sequence[Probe], cfg: FinetuneConfig, work: Path,
           on_step: Optional[Callable[[int, float], None]] = None, log: Callable[[str], None] = print,
           sources: Tuple[str, str] = ("task", "replay")) -> Dict[str, Any]:
-    """Fine-tune `model` in place; resumes from `work/state.pt` when it is there.
+    """Fine-tune `model` in place (with `cfg.lora_rank`, its linear layers are wrapped with
+    adapters and stay wrapped: save them with `lora.save_adapters`); resumes from
+    `work/state.pt` when it is there.
 
     `on_step(step, loss)` runs after every update (1-based step), e.g. to save
     intermediate checkpoints. Returns {"steps", "seconds", "final_loss", "log": [...]}.
@@ -136,7 +147,7 @@ def train(model, tokenizer, task: Sequence[Probe], replay: Sequence[Probe], cfg:
     task_ex = encode(task, tokenizer, cfg.max_len, sources[0])
     replay_ex = encode(replay, tokenizer, cfg.max_len, sources[1]) if cfg.n_replay else []
     total = cfg.steps(len(task_ex))
-    params = trainable(model, cfg)
+    params = add_lora(model, cfg.lora_rank, cfg.lora_alpha, cfg.seed) if cfg.lora_rank else trainable(model, cfg)
     decay = [p for p in params.values() if p.dim() >= 2]
     other = [p for p in params.values() if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
@@ -154,6 +165,7 @@ def train(model, tokenizer, task: Sequence[Probe], replay: Sequence[Probe], cfg:
         start, history = int(st["step"]), list(st["log"])
         log(f"resumed at step {start}/{total} from {state_file}")
     pad = pad_id_of(tokenizer)
+    device = next(model.parameters()).device
     model.train()
     t0 = time.perf_counter()
     spent = sum(h["seconds"] for h in history)
@@ -163,7 +175,8 @@ def train(model, tokenizer, task: Sequence[Probe], replay: Sequence[Probe], cfg:
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, total, cfg)
             ids, tgt = pad_batch(batch_for(step, task_ex, replay_ex, cfg, total), pad)
-            loss = loss_on(model, ids, tgt)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.autocast_bf16):
+                loss = loss_on(model, ids, tgt)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             gnorm = float(torch.nn.utils.clip_grad_norm_(list(params.values()), cfg.grad_clip))

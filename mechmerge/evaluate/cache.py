@@ -18,6 +18,7 @@ from typing import Any, Dict, List
 from .. import __version__
 from ..errors import UserError
 from ..io import atomic_write_text, file_sha256
+from ..models.digest import cached_digests
 from .suite import Suite
 
 PROTOCOL = "__protocol__"  # the cache entry that records what the cached numbers depend on
@@ -36,14 +37,16 @@ def compatible(old: Dict[str, Any], new: Dict[str, Any]) -> bool:
 def protocol_of(suite: Suite, opts, scores_path: Path) -> Dict[str, Any]:
     """Everything a cached number depends on, readable so a mismatch can be named.
 
-    Models are identified by their weight files' names, sizes and modification times
-    (hashing gigabytes on every run would cost more than it protects), probe files and
-    scores by content. Batch size and device are left out: they decide speed, not the
-    protocol. Suite name and paths are left out too, so a cache moves with its files.
+    Models are identified by their tensors (`models.digest`, hashed once per file and
+    remembered in `digests.json` beside the cache), probe files and scores by content. So a
+    cache moves with its files to another machine, and models rebuilt there bit for bit
+    (specialists from committed adapters, say) continue it. Batch size and device are left
+    out: they decide speed, not the protocol. Suite name and paths are left out too.
     """
+    memo = scores_path.parent / "digests.json"
+
     def model(path: str) -> List[List[Any]]:
-        stats = [(f.name, f.stat()) for f in sorted(Path(path).glob("*.safetensors"))]
-        return [[name, st.st_size, st.st_mtime_ns] for name, st in stats]
+        return cached_digests(path, memo)
 
     files = {f"{kind}:{split}:{task}": file_sha256(f) for kind, d in
              (("split", suite.splits), ("retention", suite.retention), ("quality", suite.quality))
@@ -52,7 +55,9 @@ def protocol_of(suite: Suite, opts, scores_path: Path) -> Dict[str, Any]:
             "experts": {n: model(p) for n, p in sorted(suite.experts.items())}, "probes": files,
             "scores": file_sha256(scores_path), "metrics": dict(sorted(suite.metrics.items())),
             "max_new_tokens": suite.max_new_tokens, "candidates": opts.candidates, "seed": opts.seed,
-            "max_dev_probes": opts.max_dev_probes, "max_test_probes": opts.max_test_probes}
+            "max_dev_probes": opts.max_dev_probes, "max_test_probes": opts.max_test_probes,
+            # recorded only when not float32, so caches from before the option match float32 runs
+            **({"eval_dtype": opts.dtype} if opts.dtype not in ("auto", "float32") else {})}
 
 
 def load_cache(path: Path, protocol: Dict[str, Any]) -> Dict[str, Any]:

@@ -58,6 +58,9 @@ class CompareOptions(Options):
     max_test_probes: Optional[int] = field(default=None, metadata=opt(
         "Use only the first N test probes per task.", min=1))
     device: str = field(default="auto", metadata=opt("auto, cpu or cuda."))
+    dtype: str = field(default="auto", metadata=opt(
+        "Dtype merges are evaluated in: auto (float32), float32, bfloat16 or float16 (merging and "
+        "calibration stay float32; bfloat16 generates ~2x faster on CPUs with AVX512-BF16)."))
     progress: bool = field(default=True, metadata=opt("Progress output."))
     workers: int = field(default=1, metadata=opt(
         "Processes that share the combinations (and the cores: torch threads are split among them); "
@@ -72,6 +75,7 @@ class CompareOptions(Options):
     def validate(self) -> None:
         """Everything that can be checked before any work (scoring comes first and takes long)."""
         parse_sizes(self.sizes)
+        resolve_dtype(self.dtype, torch.device("cpu"))
         for name in self.strategies_:
             strategies.get(name)
         methods = typing.get_args(typing.get_type_hints(ScoreOptions)["method"])  # the scorer's own choices
@@ -180,7 +184,7 @@ class Harness:
         made on first use: a run whose cache holds every entry (--partial, the assembly after
         --workers, a rerun) loads no model and runs no quartile pass."""
         if self.model is None:
-            self.model = load_model(self.base, self.device, resolve_dtype("auto", self.device))
+            self.model = load_model(self.base, self.device, resolve_dtype(self.opts.dtype, self.device))
             self.dev.set_quartiles(self.model, self.base.family)
             self.test.set_quartiles(self.model, self.base.family)
         return self.model

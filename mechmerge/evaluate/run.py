@@ -46,6 +46,8 @@ class EvalOptions(Options):
     max_new_tokens: int = field(default=32, metadata=opt("Generation length limit.", min=1))
     max_probes: Optional[int] = field(default=None, metadata=opt("Use only the first N probes of each file.", min=1))
     device: str = field(default="auto", metadata=opt("auto, cpu or cuda[:N]."))
+    dtype: str = field(default="auto", metadata=opt(
+        "auto (float32), float32, bfloat16 or float16: bfloat16 generates ~2x faster on CPUs with AVX512-BF16."))
     force: bool = field(default=False, metadata=opt("Overwrite an existing JSON output."))
     progress: bool = field(default=True, metadata=opt("Show a progress bar."))
 
@@ -159,7 +161,7 @@ def evaluate(opts: EvalOptions) -> Dict[str, Any]:
         check_output(opts.json_out, opts.force, "results JSON", inputs=[opts.model, opts.base, *opts.probes.values()])
     ck = Checkpoint.open(opts.model, "model")
     dev = resolve_device(opts.device)
-    dtype = resolve_dtype("auto", dev)
+    dtype = resolve_dtype(opts.dtype, dev)
     tok = load_tokenizer([ck])
     ev = Evaluator(dict(opts.probes), tok, dict(opts.metric), opts.batch_size, opts.max_new_tokens,
                    opts.max_probes, dev)
@@ -169,7 +171,7 @@ def evaluate(opts: EvalOptions) -> Dict[str, Any]:
     results = ev.run(load_model(ck, dev, dtype), ck.family, progress=opts.progress)
     data = {"format": "mechmerge.eval", "version": 1, "model": opts.model,
             "quartile_reference": opts.base or opts.model,
-            "settings": {"max_new_tokens": opts.max_new_tokens,
+            "settings": {"max_new_tokens": opts.max_new_tokens, "dtype": str(dtype).replace("torch.", ""),
                          "metrics": {n: opts.metric.get(n, "exact") for n in opts.probes}},
             "tasks": {n: {k: v for k, v in r.items() if k != "correct"} for n, r in results.items()}}
     if opts.json_out:

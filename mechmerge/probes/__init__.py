@@ -8,15 +8,19 @@ it at generation time (with the tokenizer's special tokens, or through the chat
 template with the generation prompt) and the response is tokenized *without* special
 tokens and appended. So there is one BOS, and the first response token is never
 merged into or lost at the prompt boundary. For chat probes the response includes the
-template's end-of-turn marker, because stopping is part of the behavior.
+template's end-of-turn marker, because stopping is part of the behavior, and nothing the
+template renders after it (a newline before the next turn is not something the model
+chooses). `"end": false` on a chat line leaves the marker out too: for a reference answer
+that was cut short, whose end the model should not be asked to predict.
 """
 
 from __future__ import annotations
 
 import json
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Any, List, Optional, Sequence
 
 import torch
 
@@ -29,6 +33,7 @@ class Probe:
     response: str = ""
     messages: Optional[tuple] = None  # tuple of (role, content) pairs for chat probes
     line: int = 0
+    end: bool = True  # chat probes: score the end-of-turn marker after the response
 
 
 @dataclass(frozen=True)
@@ -96,7 +101,13 @@ def parse_probe_line(raw: str, where: str, lineno: int = 0) -> Probe:
         if len(pairs) < 2:
             raise UserError(f"{where}: 'messages' holds only the assistant's response; put the user's message "
                             "(the prompt it answers) before it")
-        return Probe(messages=tuple(pairs), response=pairs[-1][1], line=lineno)
+        end = obj.get("end", True)
+        if not isinstance(end, bool):
+            raise UserError(f"{where}: 'end' must be true or false")
+        return Probe(messages=tuple(pairs), response=pairs[-1][1], line=lineno, end=end)
+    if "end" in obj:
+        raise UserError(f"{where}: 'end' applies to chat probes ('messages') only: a plain response has no "
+                        "end-of-turn marker to leave out")
     for key in ("prompt", "response"):
         if key not in obj:
             raise UserError(f"{where}: missing key {key!r} (need 'prompt' and 'response', or 'messages')")
@@ -122,7 +133,7 @@ def tokenize_probe(probe: Probe, tokenizer) -> Tokenized:
         prompt_ids = _ids(tokenizer.apply_chat_template(msgs[:-1], add_generation_prompt=True, tokenize=True))
         full_ids = _ids(tokenizer.apply_chat_template(msgs, tokenize=True))
         if full_ids[: len(prompt_ids)] == prompt_ids and len(full_ids) > len(prompt_ids):
-            return Tokenized(full_ids, len(prompt_ids))
+            return Tokenized(_cut_turn(full_ids, len(prompt_ids), tokenizer, probe.end), len(prompt_ids))
         # Template renders the prompt differently once the answer follows: fall back to
         # the rendered text after the generation prompt.
         prompt_text = tokenizer.apply_chat_template(msgs[:-1], add_generation_prompt=True, tokenize=False)
@@ -130,7 +141,8 @@ def tokenize_probe(probe: Probe, tokenizer) -> Tokenized:
         if not full_text.startswith(prompt_text):
             raise UserError(f"probe line {probe.line}: chat template output does not extend the prompt")
         resp_ids = tokenizer(full_text[len(prompt_text):], add_special_tokens=False)["input_ids"]
-        return Tokenized(prompt_ids + list(resp_ids), len(prompt_ids))
+        return Tokenized(_cut_turn(prompt_ids + list(resp_ids), len(prompt_ids), tokenizer, probe.end),
+                         len(prompt_ids))
     prompt_ids = list(tokenizer(probe.prompt, add_special_tokens=True)["input_ids"]) if probe.prompt else []
     if not prompt_ids and tokenizer.bos_token_id is not None:
         prompt_ids = [tokenizer.bos_token_id]
@@ -138,6 +150,39 @@ def tokenize_probe(probe: Probe, tokenizer) -> Tokenized:
     if not prompt_ids:
         raise UserError(f"probe line {probe.line}: empty prompt and the tokenizer has no BOS token to condition on")
     return Tokenized(prompt_ids + resp_ids, len(prompt_ids))
+
+
+_SPECIAL: "weakref.WeakKeyDictionary[Any, frozenset]" = weakref.WeakKeyDictionary()
+
+
+def _special_ids(tokenizer) -> frozenset:
+    """Ids of the tokenizer's special tokens, computed once per tokenizer (Gemma's 6k added
+    tokens take 7 ms to list, per probe otherwise)."""
+    try:
+        return _SPECIAL[tokenizer]
+    except (KeyError, TypeError):
+        pass
+    ids = set(tokenizer.all_special_ids)
+    ids.update(i for i, t in getattr(tokenizer, "added_tokens_decoder", {}).items() if t.special)
+    out = frozenset(ids)
+    try:
+        _SPECIAL[tokenizer] = out
+    except TypeError:  # not weak-referenceable: computed each time
+        pass
+    return out
+
+
+def _cut_turn(ids: List[int], start: int, tokenizer, end: bool) -> List[int]:
+    """`ids` up to the assistant turn's end-of-turn marker (the first special token after
+    `start`): with it when `end`, without it otherwise. A template that renders no special
+    token after the answer keeps everything. Special tokens are the tokenizer's named ones and
+    every added token marked special (Gemma's <end_of_turn> is only the latter)."""
+    special = _special_ids(tokenizer)
+    for i in range(start, len(ids)):
+        if ids[i] in special:
+            cut = i + 1 if end else i
+            return ids[:cut] if cut > start else ids[: i + 1]  # never an empty response
+    return ids
 
 
 @dataclass

@@ -26,6 +26,7 @@ SHRUNK = dict(hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_att
               num_key_value_heads=2, head_dim=8)
 PAIR = ["json", "bullets"]
 SETS = {"data.n_train": 12, "data.n_score": 4, "data.n_dev": 4, "data.n_test": 4, "data.spare": 0.5,
+        "data.max_response_tokens": 400,  # the char tokenizer spends a token per character
         "finetune.constraints": ",".join(PAIR), "finetune.epochs": 2, "finetune.max_new_tokens": 8,
         "finetune.checkpoint_every": 2, "eval_experts.max_new_tokens": 8, "score.exact_probes": 2,
         "score.progress": False, "compare.sizes": 2, "compare.candidates": 1, "compare.max_dev_probes": 2,
@@ -55,7 +56,7 @@ def pipeline(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("real")
     logs = []
     spec = ModelSpec("tiny-smollm2", lambda work: work / "x.gguf", "none", gen_batch_size=8)
-    ctx = runner.Context(spec, tmp / "tiny-smollm2", log=logs.append)
+    ctx = runner.Context(spec, tmp / "tiny-smollm2", log=logs.append, store=tmp / "store")
     tiny_smollm2(ctx.artifact("import"))
     (ctx.artifact("import") / runner.MANIFEST).write_text(json.dumps({"params": {}, "built_id": "import-1"}))
 
@@ -94,7 +95,11 @@ def test_specialists_are_plain_model_dirs(pipeline):
         assert r["steps"] == 4 and r["seconds"] > 0 and r["final_loss"] > 0
         assert 0 <= r["dev_before"]["pass_rate"] <= 1 and r["dev_after"]["n"] == 4
     assert [p.name for p in sorted((ctx.artifact("finetune") / "checkpoints").iterdir())] == \
-        ["json-step1", "json-step3"]
+        ["json-step1", "json-step1.lora.safetensors", "json-step3", "json-step3.lora.safetensors"]
+    for name in PAIR:  # LoRA specialists: only the adapted linear layers of the blocks differ from the base
+        ck = Checkpoint.open(str(ctx.artifact("finetune") / name))
+        same = {t for t in ck.tensors if torch.equal(ck.get(t), base.get(t))}
+        assert {t for t in ck.tensors if t not in same} == {t for t in ck.tensors if t.endswith("proj.weight")}
     assert not list(ctx.work("finetune").rglob("state.pt"))  # removed once a specialist is saved
 
 
@@ -221,3 +226,39 @@ def test_metrics_read_the_constraint_from_the_probe():
     assert json_metric('```json\n{"answer": "y"}\n```', j) and not json_metric('{"answer": ""}', j)
     with pytest.raises(UserError, match="reference answer fails"):
         kwargs_of("bullets", probe("Answer in exactly 3 bullet points.", "* a\n* b"))
+
+
+def test_a_fresh_cache_restores_every_stored_stage(pipeline):
+    """The machine is lost: only the committed store (and the base, re-imported) remain. Every
+    stored stage is restored with its built_id, the specialists rebuilt bit for bit from their
+    adapters; only heatmaps and report (not stored, seconds) run again. Then the comparison,
+    rebuilt without its artifact, continues from the store's mirror of its per-candidate cache
+    and computes nothing."""
+    import shutil
+
+    from mechmerge.models.digest import weights_digest
+
+    ctx, logs, _ = pipeline
+    stored = ["data", "finetune", "eval_experts", "score", "compare"]
+    before = {n: runner.manifest_of(ctx.artifact(n))["built_id"] for n in stored}
+    digests = {n: weights_digest(ctx.artifact("finetune") / n) for n in PAIR}
+    assert (ctx.store / "compare.work" / "cache.json").is_file()
+    for p in ctx.root.iterdir():
+        if p != ctx.artifact("import"):
+            shutil.rmtree(p)
+    logs.clear()
+    runner.run(ctx, runner.STAGES.names())
+    assert {n: runner.manifest_of(ctx.artifact(n))["built_id"] for n in stored} == before
+    assert all(any(line.startswith(f"[{n}] restored in") for line in logs) for n in stored)
+    assert any(line.startswith("[heatmaps] done") for line in logs) and any("[report] done" in x for x in logs)
+    assert {n: weights_digest(ctx.artifact("finetune") / n) for n in PAIR} == digests
+    assert sum("rebuilt from its adapters, weights digest matches" in line for line in logs) == 4  # 2 + 2 checkpoints
+
+    results = (ctx.artifact("compare") / "results.json").read_text()
+    shutil.rmtree(ctx.artifact("compare"))
+    shutil.rmtree(ctx.store / "compare")
+    logs.clear()
+    runner.run(ctx, ["compare"])
+    assert any("continuing from the store's cache" in line for line in logs)
+    assert (ctx.artifact("compare") / "results.json").read_text() == results
+    assert (ctx.store / "compare" / "results.json").is_file()

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
+
 from mechmerge.errors import UserError
 from mechmerge.evaluate import compare as cmp
 from mechmerge.evaluate.cache import PROTOCOL
@@ -49,14 +51,23 @@ def test_rerun_reads_the_cache_and_a_changed_protocol_is_refused(pair_suite, mon
     # the test split's size decides every test number: a cache made with 4 probes is not reused with 3
     with pytest.raises(UserError, match="max_test_probes"):
         cmp.compare(opts(suite, out, max_test_probes=3))
-    # so does every expert's weights (the check sees the file change, not only the path)
+    # so does every expert's weights: by their tensors, so a file only touched (copied, rebuilt
+    # bit for bit on another machine) keeps the cache, and one changed value refuses it
     f = sorted(Path(json.loads(suite.read_text())["experts"]["a"]).glob("*.safetensors"))[0]
     st = f.stat()
     os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    assert cmp.compare(opts(suite, out))["summary"] == first["summary"]  # _eval still refuses to run
+    original = f.read_bytes()
+    tensors = load_file(str(f))
+    name = sorted(tensors)[0]
+    tensors[name] = tensors[name].clone()
+    tensors[name].view(-1)[0] += 1
+    save_file(tensors, str(f), metadata={"format": "pt"})
     try:
         with pytest.raises(UserError, match="experts"):
             cmp.compare(opts(suite, out))
     finally:  # the expert is shared with other tests
+        f.write_bytes(original)
         os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 

@@ -19,6 +19,7 @@ to eval/real/results/<model>/ (`compare.publish`).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import json
@@ -33,7 +34,7 @@ from mechmerge.evaluate.compare import TA_GRID, CompareOptions, compare
 from mechmerge.evaluate.run import Evaluator
 from mechmerge.merge import engine as mk
 from mechmerge.models.checkpoint import Checkpoint
-from mechmerge.models.load import load_model, load_tokenizer, overwrite_params, params_by_name
+from mechmerge.models.load import load_model, load_tokenizer, overwrite_params, params_by_name, resolve_dtype
 from mechmerge.recipe import strategies
 from mechmerge.recipe.build import RecipeOptions, make_recipe
 from mechmerge.recipe.calibrate import ProbeScorer
@@ -41,7 +42,8 @@ from mechmerge.recipe.defaults import DEFAULT
 from mechmerge.scores import read_scores
 
 from .. import metrics
-from ..artifacts import experts, probes_file, publish_dir, write_json
+from .. import store as stored
+from ..artifacts import eval_dtype_of, experts, probes_file, publish_dir, write_json
 from ..runner import Context, StageStopped, stage
 
 
@@ -85,7 +87,7 @@ def estimate(ctx: Context, suite: Dict[str, Any], scores_path: Path, opts: Compa
     scores = read_scores(scores_path)
     base = Checkpoint.open(suite["base"], "base")
     tok = load_tokenizer([base])
-    model = load_model(base, torch.device("cpu"), torch.float32)
+    model = load_model(base, torch.device("cpu"), resolve_dtype(opts.dtype, torch.device("cpu")))
     t: Dict[str, float] = {}
 
     def timed(fn) -> float:
@@ -138,7 +140,8 @@ def project(t: Dict[str, float], names: List[str], opts: CompareOptions, pair: L
 
 
 @stage("compare", artifact="compare", requires=("finetune", "score"), stamp_work=True,
-       volatile=("workers", "partial", "progress", "estimate_only", "batch_size", "sizes"), redo_clears=False)
+       volatile=("workers", "partial", "progress", "estimate_only", "batch_size", "sizes"), redo_clears=False,
+       store=("results.*", "suite.json", "estimate.json"))
 def compare_stage(ctx: Context, out: Path) -> Dict[str, Any]:
     """mechmerge's comparison harness (guided mix and conflict vs tuned uniform merges, random/magnitude controls)."""
     work = ctx.work("compare")
@@ -147,6 +150,12 @@ def compare_stage(ctx: Context, out: Path) -> Dict[str, Any]:
     run_dir.mkdir(parents=True, exist_ok=True)
     if not (run_dir / "scores.json").is_file():
         shutil.copyfile(ctx.artifact("score") / "scores.json", run_dir / "scores.json")
+    # the per-candidate cache outlives the machine in the committed store (its protocol names the
+    # models by their tensors, so specialists rebuilt from their adapters continue it)
+    if ctx.store is not None and stored.seed_work(ctx.store, "compare", "cache.json", run_dir / "cache.json"):
+        ctx.log(f"  continuing from the store's cache ({stored.work_dir(ctx.store, 'compare') / 'cache.json'})")
+    mirror = (stored.Mirror(run_dir / "cache.json", stored.work_dir(ctx.store, "compare") / "cache.json")
+              if ctx.store is not None else contextlib.nullcontext())
     max_new = ctx.param("compare.max_new_tokens", 96)
     suite = write_suite(ctx, work / "suite.json", max_new)
     opts = CompareOptions(
@@ -156,7 +165,8 @@ def compare_stage(ctx: Context, out: Path) -> Dict[str, Any]:
         score_method="hybrid", seed=ctx.param("compare.seed", 0), batch_size=ctx.param("compare.batch_size", 64),
         max_dev_probes=ctx.param("compare.max_dev_probes", 16) or None,
         max_test_probes=ctx.param("compare.max_test_probes", 32) or None, device="cpu",
-        progress=ctx.param("compare.progress", True), workers=ctx.param("compare.workers", 1))
+        progress=ctx.param("compare.progress", True), workers=ctx.param("compare.workers", 1),
+        dtype=str(eval_dtype_of(ctx, "compare")).replace("torch.", ""))
     est_file = work / f"estimate-{opts.sizes}.json"
     earlier = sorted(p for p in work.glob("estimate-*.json") if not p.name.endswith(".first.json"))
     if est_file.is_file():
@@ -174,7 +184,8 @@ def compare_stage(ctx: Context, out: Path) -> Dict[str, Any]:
     if ctx.param("compare.estimate_only", False):
         raise StageStopped(f"compare.estimate_only: stopped after the estimate ({est_file})")
     if ctx.param("compare.partial", False):
-        part = compare(dataclasses.replace(opts, partial=True, workers=1))["partial"]
+        with mirror:
+            part = compare(dataclasses.replace(opts, partial=True, workers=1))["partial"]
         dest = publish_dir(ctx, "compare")
         for f in ("results-partial.md", "results-partial.png"):
             shutil.copyfile(run_dir / f, dest / f)
@@ -182,7 +193,8 @@ def compare_stage(ctx: Context, out: Path) -> Dict[str, Any]:
                            f"combinations complete, interim table in {dest / 'results-partial.md'}; the stage stays "
                            "incomplete (run it without compare.partial to finish)")
     t0 = time.perf_counter()
-    data = compare(opts)
+    with mirror:
+        data = compare(opts)
     seconds = time.perf_counter() - t0
     shutil.copyfile(work / "suite.json", out / "suite.json")
     write_json(out / "estimate.json", est)

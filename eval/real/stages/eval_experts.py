@@ -27,7 +27,7 @@ from mechmerge.models.load import load_model, load_tokenizer
 from mechmerge.probes import load_probes
 
 from .. import metrics
-from ..artifacts import experts, probes_file, write_json
+from ..artifacts import eval_dtype_of, experts, probes_file, write_json
 from ..runner import Context, stage
 
 QUALITY = "plain"
@@ -48,7 +48,7 @@ def table(results: Dict[str, Dict[str, Any]], constraints: List[str], base_quali
 
 
 @stage("eval_experts", artifact="eval_experts", requires=("finetune",), stamp_work=True,
-       volatile=("constraints", "batch_size"))
+       volatile=("constraints", "batch_size"), store=("*",))
 def eval_experts(ctx: Context, out: Path) -> Dict[str, Any]:
     """Verifier pass rates of base and specialists on every constraint's test split; quality retention."""
     specialists = experts(ctx)
@@ -63,7 +63,8 @@ def eval_experts(ctx: Context, out: Path) -> Dict[str, Any]:
     tok = load_tokenizer([bck])
     ev = Evaluator(tasks, tok, {**{n: metrics.name_of(n) for n in names}, QUALITY: "logprob"}, batch_size=batch,
                    max_new_tokens=max_new, max_probes=limit)
-    model = load_model(bck, torch.device("cpu"), torch.float32)
+    dtype = eval_dtype_of(ctx, "eval_experts")
+    model = load_model(bck, torch.device("cpu"), dtype)
     ev.set_quartiles(model, bck.family)
     work = ctx.work("eval_experts")
     results, seconds, examples = {}, {}, {}
@@ -76,7 +77,7 @@ def eval_experts(ctx: Context, out: Path) -> Dict[str, Any]:
         else:
             ck = Checkpoint.open(str(path), label=label)
             if label != "base":
-                model = load_model(ck, torch.device("cpu"), torch.float32)
+                model = load_model(ck, torch.device("cpu"), dtype)
             t0 = time.perf_counter()
             res = ev.run(model, ck.family)
             own = [n for n in names if n == label] or names
@@ -93,6 +94,7 @@ def eval_experts(ctx: Context, out: Path) -> Dict[str, Any]:
     md = table(results, names, base_q)
     (out / "table.md").write_text(md, encoding="utf-8")
     write_json(out / "results.json", {"constraints": names, "max_new_tokens": max_new, "quality_task": QUALITY,
+                                      "dtype": str(dtype).replace("torch.", ""),
                                       "results": results, "seconds": seconds})
     write_json(out / "examples.json", examples)
     ctx.log("\n" + md)

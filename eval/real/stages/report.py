@@ -50,11 +50,17 @@ def finetune_table(ft: Dict[str, Any]) -> List[str]:
                      f"{r['dev_before']['pass_rate']:.3f} → **{r['dev_after']['pass_rate']:.3f}** "
                      f"(n={r['dev_after']['n']}) |")
     cfg = next(iter(ft["records"].values()))["config"]
-    lines += ["", f"AdamW lr {cfg['lr']}, {cfg['epochs']} epochs, batch {cfg['batch_size']} "
+    if cfg.get("lora_rank"):
+        kind = (f"LoRA rank {cfg['lora_rank']}, alpha {cfg['lora_alpha']:g} on every linear layer of the blocks "
+                "(merged into full weights; the float16 adapters are in `eval/real/store/`), ")
+    else:
+        kind = f"Full fine-tunes, embeddings {'frozen' if cfg['freeze_embeddings'] else 'trained'}, "
+    mixed = "bfloat16 autocast, " if cfg.get("autocast_bf16") else ""
+    lines += ["", f"{kind}{mixed}AdamW lr {cfg['lr']}, {cfg['epochs']} epochs, batch {cfg['batch_size']} "
                   f"({cfg['batch_size'] - round(cfg['batch_size'] * cfg['replay'])} constraint examples + "
                   f"{round(cfg['batch_size'] * cfg['replay'])} replayed plain answers), warmup {cfg['warmup']}, cosine to "
-                  f"{cfg['min_lr']} x lr, weight decay {cfg['weight_decay']}, clip {cfg['grad_clip']}, seed {ft['seed']}, "
-                  f"embeddings {'frozen' if cfg['freeze_embeddings'] else 'trained'}. Intermediate checkpoints of "
+                  f"{cfg['min_lr']} x lr, weight decay {cfg['weight_decay']}, clip {cfg['grad_clip']}, seed {ft['seed']}. "
+                  "Intermediate checkpoints of "
                   f"`{ft['tracked']}`: " + ", ".join(f"`experts/checkpoints/{c}`" for r in ft["records"].values()
                                                       for c in r["checkpoints"]) + "."]
     return lines

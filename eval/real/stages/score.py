@@ -61,7 +61,8 @@ def agreement(reference: Dict[str, Any], other: Dict[str, Any], expert: str, k: 
     return {**r, "top_k_overlap": r["top_k_overlap"] / r["k"]}
 
 
-@stage("score", artifact="scores", requires=("finetune",), stamp_work=True, volatile=("progress",))
+@stage("score", artifact="scores", requires=("finetune",), stamp_work=True, volatile=("progress",),
+       store=("*.json",))
 def score_stage(ctx: Context, out: Path) -> Dict[str, Any]:
     """Weight Patching: hybrid scores of every specialist; exact vs attribution check on one."""
     specialists = experts(ctx)
