@@ -93,14 +93,34 @@ def work_dir(store: Path, stage: str) -> Path:
     return store / f"{stage}.work"
 
 
-def seed_work(store: Path, stage: str, name: str, into: Path) -> bool:
-    """Copy the store's mirror of scratch file `name` to `into` when `into` does not exist."""
-    src = work_dir(store, stage) / name
-    if into.exists() or not src.is_file():
-        return False
-    into.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(src, into)
-    return True
+STAMP = "stamp.json"  # the runner's record of the inputs a stage's scratch was made from
+
+
+def seed_work(store: Path, stage: str, name: str, into: Path, stamp: Path) -> str:
+    """Copy the store's mirror of scratch file `name` to `into` when `into` does not exist and
+    the mirror was made from the inputs of `stamp` (this run's work stamp); then record that
+    stamp beside the mirror, which this run's `Mirror` will fill. Returns what happened:
+    "seeded", "kept" (`into` exists), "none" (no mirror) or "other inputs" (a stale mirror,
+    left to be replaced)."""
+    mirror = work_dir(store, stage)
+    src = mirror / name
+    ours = json.loads(stamp.read_text())["inputs"]
+    try:
+        theirs = json.loads((mirror / STAMP).read_text())["inputs"]
+    except (OSError, ValueError, KeyError):
+        theirs = None
+    what = "kept" if into.exists() else "none" if not src.is_file() else "other inputs" if theirs != ours else "seeded"
+    mirror.mkdir(parents=True, exist_ok=True)
+    if what == "seeded":
+        into.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, into)
+    elif what == "kept":  # this run's scratch, already stamped with its inputs, replaces the mirror now
+        shutil.copyfile(into, src)
+    elif what == "other inputs":
+        src.unlink()
+    # the mirror never pairs one run's stamp with another run's scratch
+    shutil.copyfile(stamp, mirror / STAMP)
+    return what
 
 
 class Mirror:

@@ -164,6 +164,8 @@ def _special_ids(tokenizer) -> frozenset:
         pass
     ids = set(tokenizer.all_special_ids)
     ids.update(i for i, t in getattr(tokenizer, "added_tokens_decoder", {}).items() if t.special)
+    # an unknown character inside the answer, or a BOS, is no end of a turn (unless it is the EOS)
+    ids -= {tokenizer.unk_token_id, tokenizer.bos_token_id} - {tokenizer.eos_token_id}
     out = frozenset(ids)
     try:
         _SPECIAL[tokenizer] = out
@@ -176,7 +178,8 @@ def _cut_turn(ids: List[int], start: int, tokenizer, end: bool) -> List[int]:
     """`ids` up to the assistant turn's end-of-turn marker (the first special token after
     `start`): with it when `end`, without it otherwise. A template that renders no special
     token after the answer keeps everything. Special tokens are the tokenizer's named ones and
-    every added token marked special (Gemma's <end_of_turn> is only the latter)."""
+    every added token marked special (Gemma's <end_of_turn> is only the latter), but not its
+    unknown-character and BOS tokens."""
     special = _special_ids(tokenizer)
     for i in range(start, len(ids)):
         if ids[i] in special:

@@ -175,6 +175,8 @@ def test_data_stage_on_canned_answers(monkeypatch, tmp_path):
     sizes = {"train": 20, "score": 4, "dev": 6, "test": 8}
     ctx.params = {f"data.n_{s}": str(n) for s, n in sizes.items()}
     ctx.params["data.spare"] = "0.5"
+    cap = 320  # the char tokenizer spends a token per character
+    ctx.params["data.max_response_tokens"] = str(cap)
     manifest = runner.run(ctx, ["data"])["data"]
     out = ctx.artifact("data")
     assert manifest["summary"]["splits"] == sizes and manifest["params"]["data.n_train"] == 20
@@ -200,6 +202,15 @@ def test_data_stage_on_canned_answers(monkeypatch, tmp_path):
     tok = AutoTokenizer.from_pretrained(base)
     probes = load_probes(out / "json" / "score.jsonl")  # mechmerge reads them as chat probes
     assert len(tokenize_all(probes, tok, None)) == sizes["score"]
+    # every written response fits the cap with its end-of-turn marker; answers were cut to fit
+    lengths = [len(t.ids) - t.response_start for name in verifiers.names() for s in sizes
+               for t in tokenize_all(load_probes(out / name / f"{s}.jsonl"), tok, None)]
+    assert max(lengths) <= cap
+    questions = [json.loads(line) for line in (out / "questions.jsonl").read_text().splitlines()]
+    assert any(q["fate"] == "used" and q["finished"] and len(q["answer"]) < len(q["generated"].strip())
+               for q in questions)  # a finished answer shortened: only the fit does that
+    plain = [json.loads(line) for line in (out / "plain" / "test.jsonl").read_text().splitlines()]
+    assert {r.get("end", True) for r in plain} == {True, False}  # answers the base did not end: no marker
 
 
 def test_clean_answer_cuts_loops_and_half_sentences():

@@ -112,13 +112,6 @@ def test_transforms_keep_the_content():
     assert ended.endswith("cultures. Hope this helps!")
 
 
-def test_bullet_count_follows_the_sentences():
-    rng = random.Random(0)
-    assert {constraints.bullet_count(rng, "One. Two.") for _ in range(50)} == {2}
-    assert {constraints.bullet_count(rng, "One. Two. Three. Four. Five.") for _ in range(50)} == {2, 3, 4}
-    assert constraints.bullet_count(rng, "no sentence end at all") == 2
-
-
 def test_untransformable_answers_are_refused():
     assert constraints.apply("bullets", "Too short.", {"n": 4}) is None
     assert constraints.apply("uppercase", "1234 !", {}) is None

@@ -152,8 +152,14 @@ def compare_stage(ctx: Context, out: Path) -> Dict[str, Any]:
         shutil.copyfile(ctx.artifact("score") / "scores.json", run_dir / "scores.json")
     # the per-candidate cache outlives the machine in the committed store (its protocol names the
     # models by their tensors, so specialists rebuilt from their adapters continue it)
-    if ctx.store is not None and stored.seed_work(ctx.store, "compare", "cache.json", run_dir / "cache.json"):
-        ctx.log(f"  continuing from the store's cache ({stored.work_dir(ctx.store, 'compare') / 'cache.json'})")
+    if ctx.store is not None:
+        what = stored.seed_work(ctx.store, "compare", "cache.json", run_dir / "cache.json", work / stored.STAMP)
+        mirror_file = stored.work_dir(ctx.store, "compare") / "cache.json"
+        if what == "seeded":
+            ctx.log(f"  continuing from the store's cache ({mirror_file})")
+        elif what == "other inputs":
+            ctx.log(f"  the store's cache ({mirror_file}) was made from other specialists or scores: not used, "
+                    "and replaced by this run's")
     mirror = (stored.Mirror(run_dir / "cache.json", stored.work_dir(ctx.store, "compare") / "cache.json")
               if ctx.store is not None else contextlib.nullcontext())
     max_new = ctx.param("compare.max_new_tokens", 96)
