@@ -28,8 +28,8 @@ evaluate() {  # recipe -> merged model -> eval JSON
 if want track; then
 # 1. track: the uppercase specialist at steps 33 and 67 of its 100 fine-tuning steps, and final. Exact scoring of
 #    272 units x 3 checkpoints is ~35 min here, so hybrid (exact for each checkpoint's top units), 8 probes.
-t mechmerge track --base $R/base --checkpoint step33=$R/.work/finetune/uppercase/checkpoints/uppercase-step33 \
-  --checkpoint step67=$R/.work/finetune/uppercase/checkpoints/uppercase-step67 --checkpoint final=$R/experts/uppercase \
+t mechmerge track --base $R/base --checkpoint step33=$R/experts/checkpoints/uppercase-step33 \
+  --checkpoint step67=$R/experts/checkpoints/uppercase-step67 --checkpoint final=$R/experts/uppercase \
   --probes $R/data/uppercase/score.jsonl --method hybrid --max-probes 8 --out $O/track-uppercase.json --force --no-progress
 mechmerge plot $O/track-uppercase.json --out $O
 fi

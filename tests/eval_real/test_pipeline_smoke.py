@@ -159,8 +159,10 @@ def test_recipe_merge_eval_on_the_specialists(pipeline, tmp_path):
     assert set(res["tasks"]) == set(PAIR)
 
 
-def test_training_resumes_exactly(tmp_path):
-    """A fine-tune killed after a checkpoint and resumed ends with the same weights."""
+@pytest.mark.parametrize("lora_rank", [0, 4])
+def test_training_resumes_exactly(tmp_path, lora_rank):
+    """A fine-tune (full, or LoRA with bfloat16 autocast) killed after a checkpoint and resumed
+    ends with the same weights."""
     from transformers import AutoModelForCausalLM
 
     from eval.real.train import FinetuneConfig, train
@@ -173,7 +175,8 @@ def test_training_resumes_exactly(tmp_path):
             for i, w in enumerate(["ab", "cd", "ef", "gh", "ij", "kl"])]
     replay = [Probe(messages=(("user", f"say {w}"), ("assistant", w)), response=w, line=i)
               for i, w in enumerate(["mn", "op", "qr"])]
-    cfg = FinetuneConfig(lr=1e-3, epochs=3, batch_size=4, replay=0.25, warmup=2, checkpoint_every=2)
+    cfg = FinetuneConfig(lr=1e-3, epochs=3, batch_size=4, replay=0.25, warmup=2, checkpoint_every=2,
+                         lora_rank=lora_rank, autocast_bf16=bool(lora_rank))
     torch.set_num_threads(1)
 
     def run(work: Path, stop_at=None):
@@ -194,6 +197,8 @@ def test_training_resumes_exactly(tmp_path):
     resumed = run(tmp_path / "b")
     for (n, p), (_, q) in zip(whole.named_parameters(), resumed.named_parameters()):
         assert torch.equal(p, q), n
+    if lora_rank:  # and it trained: the adapters moved off their zero start
+        assert any(n.endswith("lora_B") and p.abs().sum() > 0 for n, p in resumed.named_parameters())
 
 
 def test_loss_on_response_positions_matches_full_logits(tmp_path):
