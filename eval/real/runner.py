@@ -17,6 +17,10 @@ a killed stage leaves nothing half-written. Scratch state a stage wants to survi
 stage.json names the build of each requirement it used; when a requirement is rebuilt
 (`--redo NAME`), the stages after it are "stale" and are rebuilt when next asked for.
 
+A stage declared with `store=` also copies its manifest and small files to the committed
+store (`store.py`); a missing artifact whose stored build was made from the same inputs is
+restored from there (with its built_id) instead of being recomputed.
+
 Artifacts live under `$MECHMERGE_CACHE/real/<model>/` (default `~/.cache/mechmerge/real/`).
 Stage parameters come from `--set STAGE.KEY=VALUE`; the ones a stage reads are recorded in
 its stage.json, and a skipped stage whose record disagrees with the command line says so.
