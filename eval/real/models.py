@@ -75,11 +75,11 @@ def _gemma3(work: Path) -> Path:
     return target
 
 
-MODELS.register("smollm2")(ModelSpec("smollm2", _smollm2, SMOLLM2_PACKAGES, gen_batch_size=64, spare=0.4,
+MODELS.register("smollm2")(ModelSpec("smollm2", _smollm2, SMOLLM2_PACKAGES, gen_batch_size=64, spare=0.9,
                                      notes="SmolLM2-135M-Instruct, Q4_1 GGUF; llama, 30 layers, GQA 9/3, tied"))
 # The package holds the *pretrained* Gemma-3-270M, not the instruction-tuned one: in its chat
 # template it echoes the question and repeats a stray token, so it is asked in "qa" form.
 MODELS.register("gemma3-270m")(ModelSpec("gemma3-270m", _gemma3, GEMMA3_PACKAGES, gen_batch_size=32,
-                                         prompt_format="qa", spare=1.0,
+                                         prompt_format="qa", spare=1.5,
                                          finetune_lr=5e-4, freeze_embeddings=True,
                                          notes="Gemma-3-270M (pretrained, not -it), Q4_K_M GGUF; 262k vocabulary"))

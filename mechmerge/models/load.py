@@ -104,7 +104,20 @@ def load_model(ckpt: Checkpoint, device: torch.device, dtype: torch.dtype, trust
         model.to(device)
     model.eval()
     model.requires_grad_(False)
+    contiguous_head_input(model)
     return model
+
+
+def contiguous_head_input(model) -> None:
+    """Give the lm_head a contiguous input. Generation keeps only the last position
+    (`hidden[:, -1:, :]`, a strided view), and for a weight that needs no gradient torch's
+    matmul then broadcasts the [V, H] weight to [B, H, V] and copies it, once per forward:
+    Gemma-3's 262k x 640 head made a forward of 4 prompts 3.7 s instead of 0.15 s, and
+    generation 9x slower with 5x the memory (16 GB for 48 prompts)."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is not None and not getattr(head, "_mechmerge_contiguous", False):
+        head.register_forward_pre_hook(lambda module, args: (args[0].contiguous(), *args[1:]))
+        head._mechmerge_contiguous = True
 
 
 def _stream(ckpt: Checkpoint, device: torch.device, dtype: torch.dtype, trust_remote_code: bool):

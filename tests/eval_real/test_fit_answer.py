@@ -86,8 +86,23 @@ def test_bullet_counts_are_even_and_ignore_the_answer():
     assert all(abs(c / 3000 - 1 / 3) < 0.04 for c in counts.values()), counts
 
 
-def test_four_bullets_of_a_two_sentence_answer_are_cut_by_words():
-    answer = text_of(2, words=12)
+def test_four_bullets_of_a_two_sentence_answer_are_cut_at_clauses():
+    answer = ("Bees make honey from the nectar of flowers, and they store it in wax cells. "
+              "A colony can hold sixty thousand bees, yet it has only one queen.")
     out = constraints.apply("bullets", answer, {"n": 4})  # verified inside
-    assert out is not None and len(out.splitlines()) == 4 and verifiers.verify("bullets", out, n=4)
-    assert " ".join(line[2:] for line in out.splitlines()).split() == answer.split()
+    assert out.splitlines() == ["* Bees make honey from the nectar of flowers", "* and they store it in wax cells.",
+                                "* A colony can hold sixty thousand bees", "* yet it has only one queen."]
+    # three bullets: only the longer sentence is cut, at the boundary nearest its middle
+    assert constraints.apply("bullets", answer, {"n": 3}).splitlines()[:2] == [
+        "* Bees make honey from the nectar of flowers", "* and they store it in wax cells."]
+
+
+def test_an_answer_without_enough_clauses_cannot_be_cut_into_bullets():
+    """Cutting at arbitrary words taught a specialist to wrap lines, not to count: such an answer
+    is refused (the data stage then drops the question)."""
+    answer = "The first sentence has many words in it here. The second one also has many words in it now."
+    assert constraints.bullet_units(answer, 2) is not None
+    assert constraints.bullet_units(answer, 3) is None and constraints.apply("bullets", answer, {"n": 3}) is None
+    # a cut never leaves a piece under MIN_UNIT_WORDS words, nor a conjunction dangling at a piece's end
+    assert constraints.bullet_units("It is red and hot.", 2) is None
+    assert constraints.bullet_units("It is red, and so it is hot.", 2) == ["It is red", "and so it is hot."]

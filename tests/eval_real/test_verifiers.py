@@ -92,7 +92,10 @@ def test_transforms_satisfy_their_verifier(name):
             rng = random.Random(f"{seed}:{i}")
             kw = c.sample(rng, answer)
             out = constraints.apply(name, answer, kw)  # raises if the verifier rejects it
-            assert out is not None and verify(name, out, **kw)
+            if out is None:  # only bullets refuses, for an answer with too few clauses for n
+                assert name == "bullets" and constraints.bullet_units(answer, kw["n"]) is None
+                continue
+            assert verify(name, out, **kw)
             text = c.instruction(rng, kw)
             assert text and "{" not in text.replace('{"', "")  # every placeholder was filled
 
@@ -106,8 +109,10 @@ def test_transforms_keep_the_content():
     assert constraints.apply("no_commas", "Big, bigger, 60,000 bees.", {}) == "Big bigger 60000 bees."
     bullets = constraints.apply("bullets", ANSWERS[1], {"n": 3})
     assert bullets.count("\n* ") == 2 and "**" not in bullets and "1." not in bullets
-    words = lambda s: [w for w in s.replace("* ", " ").split()]  # noqa: E731
-    assert words(constraints.apply("bullets", ANSWERS[2], {"n": 4})) == ANSWERS[2].split()  # split by words
+    words = lambda s: s.replace("* ", " ").replace(",", "").split()  # noqa: E731
+    four = constraints.apply("bullets", ANSWERS[0], {"n": 4})  # three sentences, one cut at its comma
+    assert len(four.splitlines()) == 4 and words(four) == words(ANSWERS[0])
+    assert constraints.apply("bullets", ANSWERS[2], {"n": 4}) is None  # one clause: no honest four bullets
     ended = constraints.apply("end_phrase", ANSWERS[2], {"phrase": "Hope this helps!"})
     assert ended.endswith("cultures. Hope this helps!")
 
