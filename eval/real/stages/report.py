@@ -120,10 +120,12 @@ def report(ctx: Context, out: Path) -> Dict[str, Any]:
              f"engineer's work on the other core), 24 GB RAM, no GPU, no Hub access "
              f"({platform.processor() or platform.machine()}, {os.cpu_count()} cores visible).", "",
              "## Commands", "", "```",
-             f"python -m eval.real.pipeline --model {model} --stages import,data",
-             f"OMP_NUM_THREADS=1 python -m eval.real.pipeline --model {model} --threads 1    # every other stage",
+             f"OMP_NUM_THREADS=1 python -m eval.real.pipeline --model {model} --threads 1    # every stage",
              f"python -m eval.real.pipeline --model {model} --list", "```", "",
-             f"Artifacts: `$MECHMERGE_CACHE/real/{model}/` (weights never leave it).", "",
+             f"Artifacts: `$MECHMERGE_CACHE/real/{model}/`; the small files of every stage (probe sets, LoRA "
+             f"adapters, scores, evaluations, the comparison's cache) are kept in `eval/real/store/{model}/`, "
+             "from which a fresh machine restores the stages instead of recomputing them. Stage runtimes are "
+             "those of the build (a restore takes seconds to a minute).", "",
              "## Stage runtimes", "", *runtimes(ctx), "",
              "## Fine-tuned specialists", "", *finetune_table(ft), "",
              "## Pass rates and quality (test split, greedy, chat template)", "",
