@@ -1,7 +1,7 @@
 """Every stage after `data` on a random SmolLM2-shaped model (2 layers, tiny hidden, the char
 tokenizer), with canned answers standing in for the base's generations: the real code
-paths of finetune, eval_experts, score, heatmaps, compare (1 pair, 1 candidate) and report,
-plus mechmerge recipe -> merge -> eval on what they produce. No real model, no download.
+paths of finetune, eval_experts, score, heatmaps, recipe, merge, eval, compare (1 pair,
+1 candidate) and report. No real model, no download.
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ SETS = {"data.n_train": 12, "data.n_score": 4, "data.n_dev": 4, "data.n_test": 4
         "finetune.constraints": ",".join(PAIR), "finetune.epochs": 2, "finetune.max_new_tokens": 8,
         "finetune.checkpoint_every": 2, "eval_experts.max_new_tokens": 8, "score.exact_probes": 2,
         "score.progress": False, "compare.sizes": 2, "compare.candidates": 1, "compare.max_dev_probes": 2,
-        "compare.max_test_probes": 2, "compare.max_new_tokens": 8, "compare.progress": False}
+        "compare.max_test_probes": 2, "compare.max_new_tokens": 8, "compare.progress": False,
+        "recipe.progress": False, "eval.max_new_tokens": 8, "eval.progress": False}
 
 
 def tiny_smollm2(path: Path) -> Path:
@@ -68,7 +69,7 @@ def pipeline(tmp_path_factory):
     mp.setattr(data, "generate_cached", canned)
     mp.setattr(data, "MIN_WORDS", 5)
     ctx.params = {k: str(v) for k, v in SETS.items()}
-    ctx.params.update({"compare.publish": str(tmp / "published"), "report.publish": str(tmp / "published")})
+    ctx.params.update({f"{st}.publish": str(tmp / "published") for st in ("compare", "report", "recipe", "eval")})
     torch.set_num_threads(1)
     try:
         manifests = runner.run(ctx, runner.STAGES.names())
@@ -117,7 +118,7 @@ def test_every_stage_ran_and_a_rerun_skips(pipeline):
     res = json.loads((ctx.artifact("compare") / "results.json").read_text())
     assert list(res["combinations"]) == ["json+bullets"] and "guided:mix" in res["summary"]["methods"]
     readme = (Path(ctx.params["report.publish"]) / "README.md").read_text()
-    for section in ("Stage runtimes", "Fine-tuned specialists", "Weight Patching", "Heatmaps", "guided:mix"):
+    for section in ("Stage runtimes", "Fine-tuned specialists", "Weight Patching", "Heatmaps", "guided:mix", "Guided − uniform, paired"):
         assert section in readme
     logs.clear()
     runner.run(ctx, runner.STAGES.names())
@@ -141,22 +142,33 @@ def test_compare_partial_publishes_the_interim_table(pipeline):
     assert runner.state(ctx, "compare") == "complete"  # a finished stage is left as it was
 
 
-def test_recipe_merge_eval_on_the_specialists(pipeline, tmp_path):
-    """The specialists and their scores go through mechmerge's own recipe -> merge -> eval."""
-    from mechmerge.evaluate.run import EvalOptions, evaluate
-    from mechmerge.merge.run import MergeRunOptions, merge
-    from mechmerge.recipe.build import RecipeOptions, make_recipe
+def test_recipe_merge_eval_stages_on_the_specialists(pipeline):
+    """The specialists and their scores go through the recipe -> merge -> eval stages: YAML that
+    mergekit's own parser reads, merged model dirs with cards, one table with every model."""
+    import numpy as np
+    import yaml
+    from mergekit.config import MergeConfiguration
 
-    ctx, _, _ = pipeline
-    recipe = make_recipe(RecipeOptions(scores=str(ctx.artifact("score") / "scores.json"), out=str(tmp_path / "r.yaml"),
-                                       progress=False))
-    assert recipe.strategy == "mix" and recipe.calibration
-    out = merge(MergeRunOptions(recipe=str(tmp_path / "r.yaml"), out=str(tmp_path / "merged")))
-    data = ctx.artifact("data")
-    res = evaluate(EvalOptions(model=str(out), probes={c: str(data / c / "test.jsonl") for c in PAIR},
-                               metric={c: f"eval.real.metrics:{c}" for c in PAIR}, max_new_tokens=4,
-                               base=str(ctx.artifact("import")), progress=False))
-    assert set(res["tasks"]) == set(PAIR)
+    ctx, _, m = pipeline
+    recipes = ctx.artifact("recipe")
+    for label, strategy in (("guided", "mix"), ("uniform", "uniform")):
+        assert m["recipe"]["summary"]["recipes"][label]["strategy"] == strategy
+        cfg = yaml.safe_load((recipes / f"{label}.yaml").read_text())
+        MergeConfiguration.model_validate(cfg)
+        assert {Path(x["model"]).name for x in cfg["models"]} >= set(PAIR)
+        merged = ctx.artifact("merge") / label
+        assert (merged / "README.md").is_file() and (merged / "mechmerge_scores.json").is_file()
+    assert m["merge"]["summary"]["weights_digest"]["guided"] != m["merge"]["summary"]["weights_digest"]["uniform"]
+    res = json.loads((ctx.artifact("eval") / "results.json").read_text())
+    rows = res["results"]
+    assert {"base", *PAIR, "guided merge", "uniform merge"} <= set(rows)
+    n = sum(rows["guided merge"][c]["n"] for c in PAIR)
+    expect = sum((rows["guided merge"][c]["accuracy"] - rows["uniform merge"][c]["accuracy"]) * rows["guided merge"][c]["n"]
+                 for c in PAIR) / n
+    assert res["guided_minus_uniform"]["n"] == n and np.isclose(res["guided_minus_uniform"]["diff"], expect)
+    pub = Path(ctx.params["eval.publish"])
+    assert "guided merge" in (pub / "merge-eval.md").read_text()
+    assert (pub / "recipe-guided.yaml").is_file()
 
 
 @pytest.mark.parametrize("lora_rank", [0, 4])
@@ -236,7 +248,7 @@ def test_metrics_read_the_constraint_from_the_probe():
 def test_a_fresh_cache_restores_every_stored_stage(pipeline):
     """The machine is lost: only the committed store (and the base, re-imported) remain. Every
     stored stage is restored with its built_id, the specialists rebuilt bit for bit from their
-    adapters; only heatmaps and report (not stored, seconds) run again. Then the comparison,
+    adapters; only heatmaps, recipe, merge, eval and report (not stored) run again. Then the comparison,
     rebuilt without its artifact, continues from the store's mirror of its per-candidate cache
     and computes nothing."""
     import shutil
@@ -255,7 +267,9 @@ def test_a_fresh_cache_restores_every_stored_stage(pipeline):
     runner.run(ctx, runner.STAGES.names())
     assert {n: runner.manifest_of(ctx.artifact(n))["built_id"] for n in stored} == before
     assert all(any(line.startswith(f"[{n}] restored in") for line in logs) for n in stored)
-    assert any(line.startswith("[heatmaps] done") for line in logs) and any("[report] done" in x for x in logs)
+    # not stored (seconds here, minutes on the real models): they run again
+    assert all(any(line.startswith(f"[{n}] done") for line in logs) for n in ("heatmaps", "recipe", "merge", "eval"))
+    assert any("[report] done" in x for x in logs)
     assert {n: weights_digest(ctx.artifact("finetune") / n) for n in PAIR} == digests
     assert sum("rebuilt from its adapters, weights digest matches" in line for line in logs) == 4  # 2 + 2 checkpoints
 

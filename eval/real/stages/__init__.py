@@ -6,7 +6,7 @@ To add a stage: write `stages/NAME.py` with a function decorated by
 
 import importlib
 
-ORDER = ["import_model", "data", "finetune", "eval_experts", "score", "heatmaps", "compare", "report"]
+ORDER = ["import_model", "data", "finetune", "eval_experts", "score", "heatmaps", "recipe", "merge", "eval_merged", "compare", "report"]
 
 for _module in ORDER:
     importlib.import_module(f"{__name__}.{_module}")

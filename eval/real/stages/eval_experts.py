@@ -47,25 +47,35 @@ def table(results: Dict[str, Dict[str, Any]], constraints: List[str], base_quali
     return "\n".join(lines) + "\n"
 
 
+def test_evaluator(ctx: Context, stage_name: str, names: List[str]) -> Dict[str, Any]:
+    """The evaluator of the test splits of `names` plus the quality task, with the confidence
+    quartiles fixed by the base (loaded in the stage's eval dtype, returned as base_model)."""
+    max_new = ctx.param(f"{stage_name}.max_new_tokens", 96)
+    limit = ctx.param(f"{stage_name}.max_test", 0) or None
+    batch = ctx.param(f"{stage_name}.batch_size", 64)
+    tasks = {n: str(probes_file(ctx, n, "test")) for n in names}
+    tasks[QUALITY] = str(probes_file(ctx, "plain", "test"))
+    bck = Checkpoint.open(str(ctx.artifact("import")), label="base")
+    tok = load_tokenizer([bck])
+    ev = Evaluator(tasks, tok, {**{n: metrics.name_of(n) for n in names}, QUALITY: "logprob"}, batch_size=batch,
+                   max_new_tokens=max_new, max_probes=limit)
+    dtype = eval_dtype_of(ctx, stage_name)
+    model = load_model(bck, torch.device("cpu"), dtype)
+    ev.set_quartiles(model, bck.family)
+    return {"ev": ev, "tok": tok, "base_model": model, "dtype": dtype, "max_new": max_new, "limit": limit,
+            "tasks": tasks}
+
+
 @stage("eval_experts", artifact="eval_experts", requires=("finetune",), stamp_work=True,
        volatile=("constraints", "batch_size"), store=("*",))
 def eval_experts(ctx: Context, out: Path) -> Dict[str, Any]:
     """Verifier pass rates of base and specialists on every constraint's test split; quality retention."""
     specialists = experts(ctx)
     names = [n for n in ctx.param("eval_experts.constraints", ",".join(specialists)).split(",") if n]
-    max_new = ctx.param("eval_experts.max_new_tokens", 96)
-    limit = ctx.param("eval_experts.max_test", 0) or None
-    batch = ctx.param("eval_experts.batch_size", 64)
-    tasks = {n: str(probes_file(ctx, n, "test")) for n in names}
-    tasks[QUALITY] = str(probes_file(ctx, "plain", "test"))
+    setup = test_evaluator(ctx, "eval_experts", names)
+    ev, tok, model, dtype, max_new, tasks = (setup[k] for k in ("ev", "tok", "base_model", "dtype", "max_new", "tasks"))
+    limit = setup["limit"]
     base_dir = ctx.artifact("import")
-    bck = Checkpoint.open(str(base_dir), label="base")
-    tok = load_tokenizer([bck])
-    ev = Evaluator(tasks, tok, {**{n: metrics.name_of(n) for n in names}, QUALITY: "logprob"}, batch_size=batch,
-                   max_new_tokens=max_new, max_probes=limit)
-    dtype = eval_dtype_of(ctx, "eval_experts")
-    model = load_model(bck, torch.device("cpu"), dtype)
-    ev.set_quartiles(model, bck.family)
     work = ctx.work("eval_experts")
     results, seconds, examples = {}, {}, {}
     first = {n: load_probes(tasks[n], limit=1)[0] for n in names}

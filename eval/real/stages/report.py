@@ -94,6 +94,29 @@ def score_section(ctx: Context, dest: Path) -> List[str]:
     return lines
 
 
+def merge_section(ctx: Context) -> List[str]:
+    """The recipe -> merge -> eval stages: all the specialists merged at once, guided vs tuned uniform."""
+    ev = ctx.artifact("eval")
+    if not manifest_of(ev):
+        return ["The `recipe`, `merge` and `eval` stages have not been run for this model.", ""]
+    rec = manifest_of(ctx.artifact("recipe"))["summary"]
+    res = json.loads((ev / "results.json").read_text())
+    d = res["guided_minus_uniform"]
+    lines = ["`mechmerge recipe` on the hybrid scores of all the specialists (`recipe-guided.yaml`, "
+             "`recipe-uniform.yaml` in this folder; both run in stock `mergekit-yaml`), `mechmerge merge`, and the "
+             "test evaluation of `eval_experts`. Chosen on the scoring probes (teacher-forced calibration):", ""]
+    for label, r in rec["recipes"].items():
+        obj = r.get("calibration_objective")
+        lines.append(f"- {label}: `{r['strategy']}` {r['params']} on {r['score']}, best of {r['candidates']} "
+                     f"candidates" + (f" (objective {obj:.3f})" if obj is not None else ""))
+    lines += ["", (ev / "table.md").read_text().strip(), "",
+              f"Guided − uniform, paired over the {d['n']} test instructions: {d['diff']:+.3f} ± {d['stderr']:.3f} "
+              f"(guided alone right on {d['a_only']}, uniform alone on {d['b_only']}).", "",
+              "Pass rate by the base's confidence in the reference answer (Q1 least confident), mean over constraints:",
+              "", (ev / "quartiles.md").read_text().strip(), ""]
+    return lines
+
+
 def heatmap_section(ctx: Context, dest: Path) -> List[str]:
     lines = []
     for kind in ("hybrid", "exact"):
@@ -134,7 +157,8 @@ def report(ctx: Context, out: Path) -> Dict[str, Any]:
              "plain test questions (teacher forced); Δ against the base.", "",
              (ev / "table.md").read_text().strip(), "",
              "## Weight Patching scores", "", *score_section(ctx, dest), "",
-             "## Heatmaps (`mechmerge plot`)", "", *heatmap_section(ctx, dest)]
+             "## Heatmaps (`mechmerge plot`)", "", *heatmap_section(ctx, dest),
+             "## All the specialists in one merge: guided vs tuned uniform", "", *merge_section(ctx)]
     cmp_dir = ctx.artifact("compare")
     if manifest_of(cmp_dir):
         shutil.copyfile(cmp_dir / "results.md", dest / "results.md")
