@@ -37,20 +37,26 @@ def main(argv=None) -> None:
 
     tok = Tokenizer.from_file(str(root / "base" / "tokenizer.json"))
     data = root / "data"
-    evals = root / ".work" / "eval_experts"
+    # the stage's artifact when it finished, else the per-model results its run keeps so far
+    final = root / "eval_experts" / "results.json"
+    if final.is_file():
+        evals = json.loads(final.read_text())["results"]
+    else:
+        evals = {f.stem: json.loads(f.read_text())["results"] for f in sorted((root / ".work" / "eval_experts").glob("*.json"))
+                 if f.name != "stamp.json"}
 
     test = rows(data / "bullets" / "test.jsonl")
     ns = [r["meta"]["kwargs"]["n"] for r in test]
     print(f"{args.model}: bullets test split, N of bullets asked: {dict(sorted(Counter(ns).items()))}")
-    for f in sorted(evals.glob("*.json")):
-        correct = json.loads(f.read_text())["results"]["bullets"].get("correct")
+    for label, res in evals.items():
+        correct = res.get("bullets", {}).get("correct")
         if correct is None or len(correct) != len(ns):
             continue
         by_n = defaultdict(list)
         for n, c in zip(ns, correct):
             by_n[n].append(c)
         cells = ", ".join(f"N={n}: {sum(v)}/{len(v)}" for n, v in sorted(by_n.items()))
-        print(f"  {f.stem:<11} passes {cells}")
+        print(f"  {label:<11} passes {cells}")
 
     print(f"test targets longer than the {args.max_new_tokens}-token generation limit (tokens of the answer):")
     for d in sorted(p for p in data.iterdir() if (p / "test.jsonl").is_file()):
