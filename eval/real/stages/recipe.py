@@ -24,6 +24,7 @@ from typing import Any, Dict
 import yaml
 
 from mechmerge.recipe.build import RecipeOptions, make_recipe
+from mechmerge.recipe.calibrate import OBJECTIVES
 
 from ..artifacts import experts, publish_dir
 from ..runner import Context, stage
@@ -55,7 +56,10 @@ def recipe_stage(ctx: Context, out: Path) -> Dict[str, Any]:
         summary["recipes"][label] = {
             "strategy": r.strategy, "params": r.params, "score": r.score, "candidates": len(r.calibration or []),
             "calibration_objective": chosen and chosen["objective"],
-            "calibration": [{"params": row["params"], "objective": row["objective"]} for row in r.calibration or []]}
+            # every measure, not only the objective: sequence accuracy is 0 for every candidate on answers of
+            # 40-90 tokens, and the choice then falls to the tie-breaks (token accuracy, recovery)
+            "calibration": [{"params": row["params"], **{m: sum(row[m].values()) / len(row[m]) for m in OBJECTIVES}}
+                            for row in r.calibration or []]}
         ctx.log(f"  {label}: {r.strategy} {r.params} ({summary['seconds'][label]:.0f}s)")
         shutil.copyfile(out / f"{label}.yaml", dest / f"recipe-{label}.yaml")
     return summary

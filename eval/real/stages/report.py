@@ -106,9 +106,11 @@ def merge_section(ctx: Context) -> List[str]:
              "`recipe-uniform.yaml` in this folder; both run in stock `mergekit-yaml`), `mechmerge merge`, and the "
              "test evaluation of `eval_experts`. Chosen on the scoring probes (teacher-forced calibration):", ""]
     for label, r in rec["recipes"].items():
-        obj = r.get("calibration_objective")
-        lines.append(f"- {label}: `{r['strategy']}` {r['params']} on {r['score']}, best of {r['candidates']} "
-                     f"candidates" + (f" (objective {obj:.3f})" if obj is not None else ""))
+        # the recipe's own header line says what calibration measured (every objective, per expert)
+        header = [x[2:] for x in (ctx.artifact("recipe") / f"{label}.yaml").read_text().splitlines()
+                  if x.startswith("# calibrated")]
+        lines.append(f"- {label}: `{r['strategy']}` {r['params']} on {r['score']}; " + (header[0] if header else
+                                                                                      "not calibrated"))
     lines += ["", (ev / "table.md").read_text().strip(), "",
               f"Guided − uniform, paired over the {d['n']} test instructions: {d['diff']:+.3f} ± {d['stderr']:.3f} "
               f"(guided alone right on {d['a_only']}, uniform alone on {d['b_only']}).", "",
