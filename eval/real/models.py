@@ -33,6 +33,10 @@ class ModelSpec:
     # slower (measured 17-18 s vs 11-13 s for 8 x ~105 tokens, 1 thread) and adds 1.3 GB of Adam state.
     freeze_embeddings: bool = False
     lora_rank: int = 8  # LoRA specialists (lora.py): their adapters are small enough to commit
+    # Probes per specialist the score stage uses (0: all 32 of the score split). Gemma-3's
+    # 262k-word head makes every unit's forward ~5x SmolLM2's: all 32 took 30 min a specialist
+    # on one thread here, 16 take 14.
+    score_probes: int = 0
     notes: str = ""
 
 
@@ -81,5 +85,5 @@ MODELS.register("smollm2")(ModelSpec("smollm2", _smollm2, SMOLLM2_PACKAGES, gen_
 # template it echoes the question and repeats a stray token, so it is asked in "qa" form.
 MODELS.register("gemma3-270m")(ModelSpec("gemma3-270m", _gemma3, GEMMA3_PACKAGES, gen_batch_size=32,
                                          prompt_format="qa", spare=1.5,
-                                         finetune_lr=5e-4, freeze_embeddings=True,
+                                         finetune_lr=5e-4, freeze_embeddings=True, score_probes=16,
                                          notes="Gemma-3-270M (pretrained, not -it), Q4_K_M GGUF; 262k vocabulary"))

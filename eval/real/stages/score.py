@@ -71,7 +71,7 @@ def score_stage(ctx: Context, out: Path) -> Dict[str, Any]:
     common = dict(base=base, out="", granularity="module", device="cpu", batch_size=ctx.param("score.batch_size", 8),
                   progress=ctx.param("score.progress", True))
     top_k = ctx.param("score.top_k", 10)
-    max_probes = ctx.param("score.max_probes", 0) or None  # 0: all 32
+    max_probes = ctx.param("score.max_probes", ctx.model.score_probes) or None  # 0: all 32
     one = ctx.param("score.exact_expert", next(iter(specialists)))
     few = ctx.param("score.exact_probes", 8)
     seconds = {}
