@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, NamedTuple
 
 import torch
 
@@ -47,9 +47,18 @@ def table(results: Dict[str, Dict[str, Any]], constraints: List[str], base_quali
     return "\n".join(lines) + "\n"
 
 
-def test_evaluator(ctx: Context, stage_name: str, names: List[str]) -> Dict[str, Any]:
+class TestEval(NamedTuple):
+    ev: Evaluator
+    tok: Any
+    base_model: Any  # the base in `dtype`, which fixed the quartiles
+    dtype: torch.dtype
+    max_new: int
+    tasks: Dict[str, str]
+
+
+def test_evaluator(ctx: Context, stage_name: str, names: List[str]) -> TestEval:
     """The evaluator of the test splits of `names` plus the quality task, with the confidence
-    quartiles fixed by the base (loaded in the stage's eval dtype, returned as base_model)."""
+    quartiles fixed by the base (loaded in the stage's eval dtype)."""
     max_new = ctx.param(f"{stage_name}.max_new_tokens", 96)
     limit = ctx.param(f"{stage_name}.max_test", 0) or None
     batch = ctx.param(f"{stage_name}.batch_size", 64)
@@ -62,8 +71,7 @@ def test_evaluator(ctx: Context, stage_name: str, names: List[str]) -> Dict[str,
     dtype = eval_dtype_of(ctx, stage_name)
     model = load_model(bck, torch.device("cpu"), dtype)
     ev.set_quartiles(model, bck.family)
-    return {"ev": ev, "tok": tok, "base_model": model, "dtype": dtype, "max_new": max_new, "limit": limit,
-            "tasks": tasks}
+    return TestEval(ev, tok, model, dtype, max_new, tasks)
 
 
 @stage("eval_experts", artifact="eval_experts", requires=("finetune",), stamp_work=True,
@@ -72,9 +80,7 @@ def eval_experts(ctx: Context, out: Path) -> Dict[str, Any]:
     """Verifier pass rates of base and specialists on every constraint's test split; quality retention."""
     specialists = experts(ctx)
     names = [n for n in ctx.param("eval_experts.constraints", ",".join(specialists)).split(",") if n]
-    setup = test_evaluator(ctx, "eval_experts", names)
-    ev, tok, model, dtype, max_new, tasks = (setup[k] for k in ("ev", "tok", "base_model", "dtype", "max_new", "tasks"))
-    limit = setup["limit"]
+    ev, tok, model, dtype, max_new, tasks = test_evaluator(ctx, "eval_experts", names)
     base_dir = ctx.artifact("import")
     work = ctx.work("eval_experts")
     results, seconds, examples = {}, {}, {}

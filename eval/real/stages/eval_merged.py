@@ -65,15 +65,15 @@ def eval_stage(ctx: Context, out: Path) -> Dict[str, Any]:
     earlier = json.loads((ctx.artifact("eval_experts") / "results.json").read_text())
     names = earlier["constraints"]
     setup = test_evaluator(ctx, "eval", names)
-    if setup["max_new"] != earlier["max_new_tokens"] or str(setup["dtype"]).replace("torch.", "") != earlier["dtype"]:
+    if setup.max_new != earlier["max_new_tokens"] or str(setup.dtype).replace("torch.", "") != earlier["dtype"]:
         ctx.log("  note: eval_experts ran with other settings; its rows are shown as they were measured")
-    ev, merged = setup["ev"], ctx.artifact("merge")
+    ev, merged = setup.ev, ctx.artifact("merge")
     results = dict(earlier["results"])
     seconds = {}
     for label in RECIPES:
         ck = Checkpoint.open(str(merged / label), label=label)
         t0 = time.perf_counter()
-        results[f"{label} merge"] = ev.run(load_model(ck, torch.device("cpu"), setup["dtype"]), ck.family,
+        results[f"{label} merge"] = ev.run(load_model(ck, torch.device("cpu"), setup.dtype), ck.family,
                                            progress=ctx.param("eval.progress", True), label=label)
         seconds[label] = time.perf_counter() - t0
         r = results[f"{label} merge"]
@@ -84,7 +84,7 @@ def eval_stage(ctx: Context, out: Path) -> Dict[str, Any]:
     (out / "table.md").write_text(md, encoding="utf-8")
     (out / "quartiles.md").write_text(qmd, encoding="utf-8")
     write_json(out / "results.json", {"constraints": names, "results": results, "guided_minus_uniform": diff,
-                                      "seconds": seconds, "dtype": str(setup["dtype"]).replace("torch.", "")})
+                                      "seconds": seconds, "dtype": str(setup.dtype).replace("torch.", "")})
     dest = publish_dir(ctx, "eval")
     shutil.copyfile(out / "table.md", dest / "merge-eval.md")
     shutil.copyfile(out / "quartiles.md", dest / "merge-eval-quartiles.md")
