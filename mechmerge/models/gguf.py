@@ -194,7 +194,8 @@ def load_gguf(info: GGUFInfo):
                             f"({type(e).__name__}: {first}); mechmerge needs the tokenizer in the file "
                             "(llama.cpp's convert_hf_to_gguf.py writes it)") from None
         model, loading = AutoModelForCausalLM.from_pretrained(where, gguf_file=name, dtype=torch.float32,
-                                                              local_files_only=True, output_loading_info=True)
+                                                              local_files_only=True, output_loading_info=True,
+                                                              use_kernels=False)
     # a weight the loader could not find in the file is initialised at random, and every later
     # check would compare that random model with itself
     missing = [k for k in loading.get("missing_keys", ()) if not (k == "lm_head.weight"
@@ -294,7 +295,8 @@ def check_reload(out: Path, ref_logits: torch.Tensor, tok, inputs, tolerance: fl
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     with contextlib.redirect_stderr(io.StringIO()):
-        model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32, local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32, local_files_only=True,
+                                                     use_kernels=False)
         tok2 = AutoTokenizer.from_pretrained(out, local_files_only=True)
     model.eval()
     diff = float((logits_of(model, inputs) - ref_logits).abs().max())

@@ -92,6 +92,10 @@ def load_model(ckpt: Checkpoint, device: torch.device, dtype: torch.dtype, trust
                 attn_implementation=ckpt.family.attn_implementation,
                 local_files_only=True,
                 trust_remote_code=trust_remote_code,
+                # transformers 5.25 turned hub kernels on by default: they swap layer forwards for
+                # downloaded code (numerics that differ from the plain model the scores describe)
+                # and refuse a device_map with offloaded (meta) blocks before our own check can
+                use_kernels=False,
                 use_safetensors=None if any(t.file.endswith(".safetensors") for t in ckpt.tensors.values()) else False,
                 **({"device_map": device_map} if device_map else {}),
             )

@@ -221,7 +221,7 @@ def load_model(path: Path):
     from ..models.load import quiet_transformers
 
     quiet_transformers()
-    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, use_kernels=False).eval()
 
 
 def measure(model, tokenizer, pairs: Sequence[Pair], max_new_tokens: int, batch_size: int = 128) -> float:
