@@ -117,6 +117,19 @@ def write_report(data: Dict[str, Any], out: Path, stem: str = "results") -> None
     plot(data, out / f"{stem}.png")
 
 
+# guided strategies, the uniform baselines they must beat, the controls (random or magnitude
+# scores through the guided strategy) and the references, each family in one colour
+COLORS = {"guided": "#4c72b0", "baseline": "#dd8452", "control": "#55a868", "reference": "#999999"}
+
+
+def family(method: str) -> str:
+    if method.startswith("guided"):
+        return "guided"
+    if method.startswith("control"):
+        return "control"
+    return "reference" if method in ("base", "experts") else "baseline"
+
+
 def plot(data: Dict[str, Any], path: Path) -> None:
     plt = pyplot()
 
@@ -126,8 +139,7 @@ def plot(data: Dict[str, Any], path: Path) -> None:
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(14, 4.8), gridspec_kw={"width_ratios": [1, 2.4]})
     means = [rows[m]["mean"] for m in names]
     errs = [rows[m]["mean_stderr"] for m in names]
-    colors = ["#4c72b0" if m.startswith("guided") else "#999999" if m in ("base", "experts") else "#dd8452"
-              for m in names]
+    colors = [COLORS[family(m)] for m in names]
     a1.barh(names, means, xerr=errs, color=colors)
     a1.invert_yaxis()
     a1.set_xlabel("mean test accuracy over combinations (± s.e.)")
@@ -144,6 +156,6 @@ def plot(data: Dict[str, Any], path: Path) -> None:
     a2.set_ylim(0, 1)
     a2.legend(fontsize=7, ncol=2)
     part = data.get("partial")
-    fig.suptitle(f"{data['suite']}: guided (blue) vs uniform baselines (orange)"
+    fig.suptitle(f"{data['suite']}: guided (blue) vs uniform baselines (orange), controls (green)"
                  + (f"; partial: {len(combos)} of {len(combos) + len(part['missing'])} combinations" if part else ""))
     save(fig, path)

@@ -99,3 +99,15 @@ def test_suite_paths_resolve_against_the_file_and_home(tmp_path, monkeypatch):
     assert s.base == str(d / "models" / "base")
     assert s.experts == {"a": str(home / "cache" / "a"), "b": str(tmp_path / "abs" / "b")}
     assert s.splits["dev"]["a"] == str(d / ".." / "probes" / "a.jsonl")
+
+
+def test_the_plot_colours_controls_apart_from_the_baselines():
+    """The figure's title names the colours; controls used to be drawn in the baselines' orange."""
+    from mechmerge.evaluate.report import COLORS, family
+
+    kinds = {m: family(m) for m in ("guided:mix", "guided:conflict", "control:random", "control:magnitude",
+                                    "linear", "task_arithmetic", "ties", "dare_ties", "base", "experts")}
+    assert kinds == {"guided:mix": "guided", "guided:conflict": "guided", "control:random": "control",
+                     "control:magnitude": "control", "linear": "baseline", "task_arithmetic": "baseline",
+                     "ties": "baseline", "dare_ties": "baseline", "base": "reference", "experts": "reference"}
+    assert len(set(COLORS.values())) == len(COLORS)
