@@ -188,6 +188,26 @@ def check_work(ctx: Context, st: Stage, inputs: Dict[str, str], fresh: bool) -> 
     atomic_write_text(f, dumps(stamp))
 
 
+ELAPSED = "elapsed.json"
+
+
+class Elapsed:
+    """Seconds spent on a stage by earlier processes that stopped before it finished (kept in
+    its work folder, so a --redo or a rebuilt requirement starts the count over). A process
+    killed with SIGKILL cannot add its time; Ctrl-C, SIGINT and crashes do."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        d = json.loads(path.read_text()) if path.is_file() else {}
+        self.seconds, self.processes = float(d.get("seconds", 0.0)), int(d.get("processes", 0))
+
+    def add(self, seconds: float) -> None:
+        if self.path.parent.is_dir():
+            # read again: a second process on the same stage (an interim table) may have added since
+            now = Elapsed(self.path)
+            atomic_write_text(self.path, dumps({"seconds": now.seconds + seconds, "processes": now.processes + 1}))
+
+
 def _fmt_set(values: Dict[str, str]) -> str:
     return " ".join(f"{k}={v}" for k, v in values.items()) or "(none)"
 
@@ -247,13 +267,24 @@ def run_stage(ctx: Context, st: Stage, fresh: bool = False) -> Dict[str, Any]:
     final = ctx.artifact(st.name)
     final.parent.mkdir(parents=True, exist_ok=True)
     ctx.used = {}
+    earlier = Elapsed(ctx.root / ".work" / st.name / ELAPSED) if st.stamp_work else None
     t0 = time.perf_counter()
     with atomic_dir(final, force=True) as tmp:
-        summary = st.fn(ctx, tmp) or {}
+        try:
+            summary = st.fn(ctx, tmp) or {}
+        except StageStopped:  # an estimate or an interim table, not work towards the artifact
+            raise
+        except BaseException:  # Ctrl-C or a crash: the next process resumes, and its time adds up
+            if earlier is not None:
+                earlier.add(time.perf_counter() - t0)
+            raise
+        seconds = time.perf_counter() - t0
         manifest = {"stage": st.name, "model": ctx.model.name, "params": ctx.used, "inputs": inputs,
                     "threads": ctx.threads,
-                    "built_id": f"{st.name}-{time.time_ns()}", "seconds": time.perf_counter() - t0,
+                    "built_id": f"{st.name}-{time.time_ns()}", "seconds": seconds,
                     "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "summary": summary}
+        if earlier is not None and earlier.processes:
+            manifest["all_processes"] = {"seconds": earlier.seconds + seconds, "processes": earlier.processes + 1}
         atomic_write_text(tmp / MANIFEST, dumps(manifest))
     if ctx.store is not None and st.store is not None:
         files = stored.save(ctx.store, st.name, final, st.store)

@@ -139,6 +139,33 @@ def test_a_stage_whose_cache_checks_itself_keeps_its_work_on_redo(fresh):
     assert calls.count("d computed") == 1 and not any("clearing" in line for line in logs)
 
 
+def test_a_resumed_stage_counts_the_time_of_every_process(fresh, monkeypatch):
+    """A stage interrupted twice and finished by a third process reports the three processes'
+    time together; an interim table (StageStopped) is not counted, and --redo starts over."""
+    ctx, calls, logs, _ = fresh
+    clock = [0.0]
+    monkeypatch.setattr(runner.time, "perf_counter", lambda: clock[0])
+    how = {"end": KeyboardInterrupt}
+
+    @runner.stage("e", artifact="E", requires=("a",), stamp_work=True)
+    def e(ctx, out):
+        """Stage e: works 10 s, then stops as told."""
+        clock[0] += 10.0
+        if how["end"] is not None:
+            raise how["end"]("stopped")
+        return {}
+
+    for end in (KeyboardInterrupt, RuntimeError, runner.StageStopped):
+        how["end"] = end
+        with pytest.raises(end):
+            runner.run(ctx, ["e"])
+    how["end"] = None
+    m = runner.run(ctx, ["e"])["e"]
+    assert m["seconds"] == 10.0 and m["all_processes"] == {"seconds": 30.0, "processes": 3}
+    m = runner.run(ctx, ["e"], redo=["e"])["e"]
+    assert "all_processes" not in m and m["seconds"] == 10.0
+
+
 def test_unknown_names(fresh):
     ctx, *_ = fresh
     with pytest.raises(UserError, match="did you mean 'b'"):

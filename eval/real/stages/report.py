@@ -27,17 +27,21 @@ def _hms(s: float) -> str:
 
 
 def runtimes(ctx: Context) -> List[str]:
-    # A stage that resumed after a kill records only its last process's time; the per-item
-    # times its summary keeps (per model, per scoring method) survive the resume where the
-    # item finished before it, so they are shown next to it.
-    lines = ["| stage | runtime (last process) | per item, as recorded | torch threads | finished |",
+    # A stage that resumed after an interruption adds up the time of every process that worked
+    # on it (the runner's Elapsed; a SIGKILLed process is not counted, and stages built before
+    # this was recorded show only their last process). The per-item times its summary keeps
+    # (per model, per scoring method) are shown next to it.
+    lines = ["| stage | runtime | per item, as recorded | torch threads | finished |",
              "|---|---:|---|---:|---|"]
     for name in STAGES.names():
         m = manifest_of(ctx.artifact(name))
         if m and name != "report":
             items = (m.get("summary") or {}).get("seconds")
             per = ", ".join(f"{k} {_hms(v)}" for k, v in items.items()) if isinstance(items, dict) else ""
-            lines.append(f"| {name} | {_hms(m.get('seconds', 0.0))} | {per} | {m.get('threads', '')} | "
+            every = m.get("all_processes")
+            took = (f"{_hms(every['seconds'])} ({every['processes']} processes)" if every
+                    else _hms(m.get("seconds", 0.0)))
+            lines.append(f"| {name} | {took} | {per} | {m.get('threads', '')} | "
                          f"{m.get('finished', '')} |")
     return lines
 
