@@ -136,7 +136,7 @@ def plot(data: Dict[str, Any], path: Path) -> None:
     rows = data["summary"]["methods"]
     names = list(rows)
     combos = list(rows[names[0]]["per_combination"])
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(14, 4.8), gridspec_kw={"width_ratios": [1, 2.4]})
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(15.5, 4.8), gridspec_kw={"width_ratios": [1, 2.4]})
     means = [rows[m]["mean"] for m in names]
     errs = [rows[m]["mean_stderr"] for m in names]
     colors = [COLORS[family(m)] for m in names]
@@ -154,7 +154,8 @@ def plot(data: Dict[str, Any], path: Path) -> None:
     a2.set_xticklabels(combos, rotation=30, ha="right")
     a2.set_ylabel("test accuracy")
     a2.set_ylim(0, 1)
-    a2.legend(fontsize=7, ncol=2)
+    # outside the axes: inside, it covered the bars of the strongest combinations
+    a2.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     part = data.get("partial")
     fig.suptitle(f"{data['suite']}: guided (blue) vs uniform baselines (orange), controls (green)"
                  + (f"; partial: {len(combos)} of {len(combos) + len(part['missing'])} combinations" if part else ""))
