@@ -283,7 +283,7 @@ def run_stage(ctx: Context, st: Stage, fresh: bool = False) -> Dict[str, Any]:
                     "threads": ctx.threads,
                     "built_id": f"{st.name}-{time.time_ns()}", "seconds": seconds,
                     "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "summary": summary}
-        if earlier is not None and earlier.processes:
+        if earlier is not None:
             manifest["all_processes"] = {"seconds": earlier.seconds + seconds, "processes": earlier.processes + 1}
         atomic_write_text(tmp / MANIFEST, dumps(manifest))
     if ctx.store is not None and st.store is not None:

@@ -28,8 +28,8 @@ def _hms(s: float) -> str:
 
 def runtimes(ctx: Context) -> List[str]:
     # A stage that resumed after an interruption adds up the time of every process that worked
-    # on it (the runner's Elapsed; a SIGKILLed process is not counted, and stages built before
-    # this was recorded show only their last process). The per-item times its summary keeps
+    # on it (the runner's Elapsed; a SIGKILLed process is not counted; resumable stages built
+    # before this was recorded say "last process"). The per-item times its summary keeps
     # (per model, per scoring method) are shown next to it.
     lines = ["| stage | runtime | per item, as recorded | torch threads | finished |",
              "|---|---:|---|---:|---|"]
@@ -39,8 +39,11 @@ def runtimes(ctx: Context) -> List[str]:
             items = (m.get("summary") or {}).get("seconds")
             per = ", ".join(f"{k} {_hms(v)}" for k, v in items.items()) if isinstance(items, dict) else ""
             every = m.get("all_processes")
-            took = (f"{_hms(every['seconds'])} ({every['processes']} processes)" if every
-                    else _hms(m.get("seconds", 0.0)))
+            took = _hms(every["seconds"] if every else m.get("seconds", 0.0))
+            if every and every["processes"] > 1:
+                took += f" ({every['processes']} processes)"
+            elif not every and STAGES.get(name).stamp_work:
+                took += " (last process)"
             lines.append(f"| {name} | {took} | {per} | {m.get('threads', '')} | "
                          f"{m.get('finished', '')} |")
     return lines
