@@ -207,6 +207,11 @@ class Elapsed:
             now = Elapsed(self.path)
             atomic_write_text(self.path, dumps({"seconds": now.seconds + seconds, "processes": now.processes + 1}))
 
+    def clear(self) -> None:
+        """The stage finished and its manifest holds the total: a later --redo that keeps the work
+        folder (compare's) counts from zero."""
+        self.path.unlink(missing_ok=True)
+
 
 def _fmt_set(values: Dict[str, str]) -> str:
     return " ".join(f"{k}={v}" for k, v in values.items()) or "(none)"
@@ -286,6 +291,8 @@ def run_stage(ctx: Context, st: Stage, fresh: bool = False) -> Dict[str, Any]:
         if earlier is not None:
             manifest["all_processes"] = {"seconds": earlier.seconds + seconds, "processes": earlier.processes + 1}
         atomic_write_text(tmp / MANIFEST, dumps(manifest))
+    if earlier is not None:
+        earlier.clear()
     if ctx.store is not None and st.store is not None:
         files = stored.save(ctx.store, st.name, final, st.store)
         ctx.log(f"[{st.name}] stored {len(files)} file(s) and the manifest in {stored.stage_dir(ctx.store, st.name)}")

@@ -141,13 +141,13 @@ def test_a_stage_whose_cache_checks_itself_keeps_its_work_on_redo(fresh):
 
 def test_a_resumed_stage_counts_the_time_of_every_process(fresh, monkeypatch):
     """A stage interrupted twice and finished by a third process reports the three processes'
-    time together; an interim table (StageStopped) is not counted, and --redo starts over."""
+    time together; an interim table (StageStopped) is not counted, and a --redo starts over."""
     ctx, calls, logs, _ = fresh
     clock = [0.0]
     monkeypatch.setattr(runner.time, "perf_counter", lambda: clock[0])
     how = {"end": KeyboardInterrupt}
 
-    @runner.stage("e", artifact="E", requires=("a",), stamp_work=True)
+    @runner.stage("e", artifact="E", requires=("a",), stamp_work=True, redo_clears=False)
     def e(ctx, out):
         """Stage e: works 10 s, then stops as told."""
         clock[0] += 10.0
@@ -162,6 +162,7 @@ def test_a_resumed_stage_counts_the_time_of_every_process(fresh, monkeypatch):
     how["end"] = None
     m = runner.run(ctx, ["e"])["e"]
     assert m["seconds"] == 10.0 and m["all_processes"] == {"seconds": 30.0, "processes": 3}
+    # a --redo that keeps the work folder (as compare's does) does not count the finished build's processes
     m = runner.run(ctx, ["e"], redo=["e"])["e"]
     assert m["all_processes"] == {"seconds": 10.0, "processes": 1}
 
