@@ -16,8 +16,9 @@ import argparse
 import os
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoTokenizer
 
+from mechmerge.models.load import pretrained
 from mechmerge.probes import load_probes, tokenize_probe
 
 
@@ -44,9 +45,8 @@ def main() -> None:
     root = os.path.join(os.environ.get("MECHMERGE_CACHE", os.path.expanduser("~/.cache/mechmerge")), "real", a.model)
     tok = AutoTokenizer.from_pretrained(f"{root}/base")
     toks = [tokenize_probe(p, tok) for p in load_probes(f"{root}/data/{a.expert}/score.jsonl", limit=a.probes)]
-    base = AutoModelForCausalLM.from_pretrained(f"{root}/base", dtype=torch.float32, use_kernels=False)
-    expert = AutoModelForCausalLM.from_pretrained(f"{root}/experts/{a.expert}", dtype=torch.float32,
-                                                  use_kernels=False)
+    base = pretrained(f"{root}/base", dtype=torch.float32)
+    expert = pretrained(f"{root}/experts/{a.expert}", dtype=torch.float32)
     b, e = mean_logprob(base, toks), mean_logprob(expert, toks)
     base_params = dict(base.named_parameters())
     if a.scales:

@@ -36,7 +36,7 @@ from ..io import atomic_dir, atomic_write_text, check_output, dumps, file_sha256
 from ..options import Options, opt
 from .checkpoint import Checkpoint, env_offline
 from .families import family_for
-from .load import param_order, quiet_transformers
+from .load import param_order, pretrained, quiet_transformers
 
 RECORD = "import_gguf.json"  # written next to the model: source, options, verification
 
@@ -182,7 +182,7 @@ def load_gguf(info: GGUFInfo):
     """(model, tokenizer) from transformers' GGUF loader: float32, dequantized, eval mode."""
     env_offline()
     quiet_transformers()
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     where, name = str(info.path.parent), info.path.name
     with contextlib.redirect_stderr(io.StringIO()):  # per-tensor progress bars
@@ -193,9 +193,8 @@ def load_gguf(info: GGUFInfo):
             raise UserError(f"{str(info.path)!r}: transformers cannot build a tokenizer from this GGUF "
                             f"({type(e).__name__}: {first}); mechmerge needs the tokenizer in the file "
                             "(llama.cpp's convert_hf_to_gguf.py writes it)") from None
-        model, loading = AutoModelForCausalLM.from_pretrained(where, gguf_file=name, dtype=torch.float32,
-                                                              local_files_only=True, output_loading_info=True,
-                                                              use_kernels=False)
+        model, loading = pretrained(where, gguf_file=name, dtype=torch.float32, local_files_only=True,
+                                    output_loading_info=True)
     # a weight the loader could not find in the file is initialised at random, and every later
     # check would compare that random model with itself
     missing = [k for k in loading.get("missing_keys", ()) if not (k == "lm_head.weight"
@@ -292,11 +291,10 @@ def round_weights_(model, dtype: torch.dtype) -> None:
 
 def check_reload(out: Path, ref_logits: torch.Tensor, tok, inputs, tolerance: float) -> Dict[str, Any]:
     """Reload `out` as float32 and compare logits and tokenization with the references."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     with contextlib.redirect_stderr(io.StringIO()):
-        model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32, local_files_only=True,
-                                                     use_kernels=False)
+        model = pretrained(out, dtype=torch.float32, local_files_only=True)
         tok2 = AutoTokenizer.from_pretrained(out, local_files_only=True)
     model.eval()
     diff = float((logits_of(model, inputs) - ref_logits).abs().max())

@@ -22,6 +22,16 @@ def quiet_transformers() -> None:
     logging.getLogger("transformers").setLevel(logging.ERROR)
 
 
+def pretrained(path, **kwargs):
+    """`AutoModelForCausalLM.from_pretrained` for the plain model. transformers 5.25 turned hub
+    kernels on by default: they swap layer forwards for downloaded code (numerics other than the
+    plain model's, which the scores describe) and reject a device_map with offloaded (meta)
+    blocks before load_model's own refusal can explain it."""
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(path, use_kernels=False, **kwargs)
+
+
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -83,19 +93,13 @@ def load_model(ckpt: Checkpoint, device: torch.device, dtype: torch.dtype, trust
     quiet_transformers()
     model = None if device_map else _stream(ckpt, device, dtype, trust_remote_code)
     if model is None:
-        from transformers import AutoModelForCausalLM
-
         with contextlib.redirect_stderr(io.StringIO()):
-            model = AutoModelForCausalLM.from_pretrained(
+            model = pretrained(
                 ckpt.path,
                 dtype=dtype,
                 attn_implementation=ckpt.family.attn_implementation,
                 local_files_only=True,
                 trust_remote_code=trust_remote_code,
-                # transformers 5.25 turned hub kernels on by default: they swap layer forwards for
-                # downloaded code (numerics that differ from the plain model the scores describe)
-                # and refuse a device_map with offloaded (meta) blocks before our own check can
-                use_kernels=False,
                 use_safetensors=None if any(t.file.endswith(".safetensors") for t in ckpt.tensors.values()) else False,
                 **({"device_map": device_map} if device_map else {}),
             )

@@ -216,12 +216,10 @@ def save_model(model, path: Path) -> None:
 
 
 def load_model(path: Path):
-    from transformers import AutoModelForCausalLM
-
-    from ..models.load import quiet_transformers
+    from ..models.load import pretrained, quiet_transformers
 
     quiet_transformers()
-    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, use_kernels=False).eval()
+    return pretrained(path, dtype=torch.float32).eval()
 
 
 def measure(model, tokenizer, pairs: Sequence[Pair], max_new_tokens: int, batch_size: int = 128) -> float:
