@@ -85,6 +85,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         run(ctx, names, redo)
     except StageStopped as e:
         print(e, flush=True)
+    except KeyboardInterrupt:
+        # Ctrl-C is the normal way to stop a long stage; the runner has already kept its work
+        # (and counted its time), so a traceback here would only read like a crash.
+        print("interrupted: finished work is kept in the cache; run the same command again to resume",
+              file=sys.stderr, flush=True)
+        return 130
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -278,3 +278,16 @@ def test_generation_journal_resumes(tmp_path):
     assert stats["prompts_generated"] == 2 and again == first  # greedy, batch-independent here
     _, stats = generate_cached(model, tok, prompts, journal, "other-model", 6, 3, log=lambda m: None)
     assert stats["prompts_generated"] == 4  # another fingerprint never reuses answers
+
+
+def test_ctrl_c_ends_the_pipeline_with_a_resume_hint_not_a_traceback(monkeypatch, tmp_path, capsys):
+    from eval.real import pipeline
+
+    def interrupted(ctx, names, redo):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "run", interrupted)
+    rc = pipeline.main(["--model", "smollm2", "--cache", str(tmp_path), "--store", "none", "--nice", "0",
+                        "--threads", "1", "--stages", "import"])
+    err = capsys.readouterr().err
+    assert rc == 130 and "run the same command again to resume" in err and "Traceback" not in err
