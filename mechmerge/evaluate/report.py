@@ -58,7 +58,47 @@ def summarize(results: Dict[str, Dict[str, Any]], suite, default: str) -> Dict[s
     if default in rows:
         controls = {c: {"mean": rows[c]["mean"], "beaten": bool(rows[default]["mean"] > rows[c]["mean"])}
                     for c in rows if c.startswith("control:")}
-    return {"methods": rows, "claim": claim, "controls": controls}
+    out = {"methods": rows, "claim": claim, "controls": controls}
+    sizes = sorted({_size(c) for c in combos})
+    if len(sizes) > 1:  # a mean over pairs and triples together can hide a strategy that only wins one of them
+        out["by_size"] = {k: summarize({c: results[c] for c in combos if _size(c) == k}, suite, default)
+                          for k in sizes}
+    return out
+
+
+def _size(combo: str) -> int:
+    return combo.count("+") + 1
+
+
+SIZE_NAMES = {2: "pairs", 3: "triples"}
+
+
+def _by_size(by: Dict[int, Dict[str, Any]]) -> List[str]:
+    """The same summary per combination size: one table, then the claim per size."""
+    names = [SIZE_NAMES.get(int(k), f"{k}-way") for k in by]  # int(): keys are str once read back from JSON
+    first = next(iter(by.values()))["methods"]
+    has_q = any(r.get("quality") is not None for r in first.values())
+    cols = "".join(f" {n} ({len(next(iter(b['methods'].values()))['per_combination'])}) |"
+                   + (f" {n} quality |" if has_q else "") for n, b in zip(names, by.values()))
+    lines = ["", "By combination size (means over the combinations of each size):", "", "| method |" + cols,
+             "|---|" + "---:|" * (len(by) * (1 + has_q))]
+    for m in first:
+        cells = ""
+        for b in by.values():
+            r = b["methods"][m]
+            cells += f" {r['mean']:.3f} ± {r['mean_stderr']:.3f} |"
+            if has_q:
+                cells += " – |" if r.get("quality") is None else f" {r['quality']:.3f} |"
+        lines.append(f"| {m} |{cells}")
+    lines.append("")
+    for n, b in zip(names, by.values()):
+        c = b["claim"]
+        if c:
+            lines.append(f"- {n}: {c['default']} vs {c['best_baseline']} (the best baseline on {n}): margin "
+                         f"{_points(c['margin'], CLAIM_MARGIN)} points, worst combination "
+                         f"{_points(c['worst_combination'], CLAIM_WORST)} points: "
+                         + ("holds" if c["holds"] else "does not hold") + ".")
+    return lines
 
 
 def _points(x: float, threshold: float) -> str:
@@ -107,6 +147,8 @@ def markdown(data: Dict[str, Any]) -> str:
                       f"{', '.join(parts)} vs mechanism "
                       f"{rows[c['default']]['mean']:.3f}: the mechanism "
                       + ("beats both controls." if beaten else "**does not beat its controls**.")]
+    if s.get("by_size"):
+        lines += _by_size(s["by_size"])
     return "\n".join(lines) + "\n"
 
 

@@ -117,6 +117,8 @@ def test_every_stage_ran_and_a_rerun_skips(pipeline):
     assert len(list((ctx.artifact("heatmaps") / "hybrid").glob("*.png"))) == 2
     res = json.loads((ctx.artifact("compare") / "results.json").read_text())
     assert list(res["combinations"]) == ["json+bullets"] and "guided:mix" in res["summary"]["methods"]
+    counted = runner.manifest_of(ctx.artifact("compare"))["summary"]["cache_entries"]
+    assert counted["computed_this_run"] == counted["total"] > 0  # the first run computed every result
     readme = (Path(ctx.params["report.publish"]) / "README.md").read_text()
     for section in ("Stage runtimes", "Fine-tuned specialists", "Weight Patching", "Heatmaps", "guided:mix", "Guided − uniform, paired"):
         assert section in readme
@@ -280,4 +282,6 @@ def test_a_fresh_cache_restores_every_stored_stage(pipeline):
     runner.run(ctx, ["compare"])
     assert any("continuing from the store's cache" in line for line in logs)
     assert (ctx.artifact("compare") / "results.json").read_text() == results
+    counted = runner.manifest_of(ctx.artifact("compare"))["summary"]["cache_entries"]
+    assert counted["computed_this_run"] == 0 and counted["total"] > 0  # what the report's runtime row says
     assert (ctx.store / "compare" / "results.json").is_file()

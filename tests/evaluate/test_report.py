@@ -111,3 +111,30 @@ def test_the_plot_colours_controls_apart_from_the_baselines():
                      "control:magnitude": "control", "linear": "baseline", "task_arithmetic": "baseline",
                      "ties": "baseline", "dare_ties": "baseline", "base": "reference", "experts": "reference"}
     assert len(set(COLORS.values())) == len(COLORS)
+
+
+def test_pairs_and_triples_get_their_own_means_and_claims():
+    """mix wins both pairs by 10 points and loses the triple by 10: the overall mean (+3.3) would say
+    'holds on the mean'; the table by size shows where it wins and where it loses."""
+    res = results(0.60, 0.60)
+    triple = {"base": cell({"a": 0.0, "b": 0.0, "c": 0.0}), "linear": cell({"a": 0.1, "b": 0.1, "c": 0.1}),
+              "task_arithmetic": cell({"a": 0.5, "b": 0.5, "c": 0.5}), "ties": cell({"a": 0.2, "b": 0.2, "c": 0.2}),
+              "guided:mix": cell({"a": 0.4, "b": 0.4, "c": 0.4}),
+              "control:random": cell({"a": 0.3, "b": 0.3, "c": 0.3}),
+              "control:magnitude": cell({"a": 0.3, "b": 0.3, "c": 0.3}),
+              **{f"expert:{t}": cell({t: 1.0}) for t in "abc"}}
+    res["a+b+c"] = triple
+    s = summarize(res, SUITE, default="guided:mix")
+    assert set(s["by_size"]) == {2, 3}
+    pairs, triples = s["by_size"][2], s["by_size"][3]
+    assert abs(pairs["claim"]["margin"] - 0.10) < 1e-9 and pairs["claim"]["holds"]
+    assert abs(triples["claim"]["margin"] + 0.10) < 1e-9 and not triples["claim"]["holds"]
+    assert abs(pairs["methods"]["guided:mix"]["mean"] - 0.6) < 1e-9
+    assert abs(triples["methods"]["guided:mix"]["mean"] - 0.4) < 1e-9
+    md = markdown({"suite": "toy", "protocol": {"candidates": 3}, "summary": s})
+    assert "| method | pairs (2) | triples (1) |" in md
+    assert "| guided:mix | 0.600 ± 0.000 | 0.400 ± 0.000 |" in md
+    assert "- pairs: guided:mix vs task_arithmetic (the best baseline on pairs): margin +10.0 points" in md
+    assert "- triples: guided:mix vs task_arithmetic (the best baseline on triples): margin -10.0 points" in md
+    # one size only: no breakdown
+    assert "by_size" not in summarize(results(0.6, 0.6), SUITE, default="guided:mix")

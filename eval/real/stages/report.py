@@ -40,6 +40,9 @@ def runtimes(ctx: Context) -> List[str]:
             per = ", ".join(f"{k} {_hms(v)}" for k, v in items.items()) if isinstance(items, dict) else ""
             every = m.get("all_processes")
             took = _hms(every["seconds"] if every else m.get("seconds", 0.0))
+            cached = (m.get("summary") or {}).get("cache_entries")
+            if cached and cached["computed_this_run"] < cached["total"]:
+                took += f" ({cached['computed_this_run']} of {cached['total']} results computed, the rest cached)"
             if every and every["processes"] > 1:
                 took += f" ({every['processes']} processes)"
             elif not every and STAGES.get(name).stamp_work:
