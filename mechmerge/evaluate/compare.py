@@ -199,7 +199,10 @@ class Harness:
 
     def _eval(self, ev: Evaluator, tasks: List[str]) -> Dict[str, Any]:
         res = ev.run(self._model(), self.base.family, tasks=tasks)
-        return {t: {"accuracy": r["accuracy"], "logprob": r["logprob"], "n": r["n"], "quartiles": r["quartiles"]}
+        # per-instruction correctness too, so the report can pair two methods over the same instructions
+        # (entries cached before this was kept lack it; the report then says so)
+        return {t: {"accuracy": r["accuracy"], "logprob": r["logprob"], "n": r["n"], "quartiles": r["quartiles"],
+                    **({"correct": r["correct"]} if r.get("correct") else {})}
                 for t, r in res.items()}
 
     def _cached(self, key: str, compute: Callable[[], Dict[str, Any]]) -> Dict[str, Any]:

@@ -53,7 +53,8 @@ def summarize(results: Dict[str, Dict[str, Any]], suite, default: str) -> Dict[s
         margin = rows[default]["mean"] - rows[best]["mean"]
         claim = {"default": default, "best_baseline": best, "margin": margin, "worst_combination": min(diffs.values()),
                  "per_combination": diffs,
-                 "holds": bool(margin >= CLAIM_MARGIN and min(diffs.values()) >= CLAIM_WORST)}
+                 "holds": bool(margin >= CLAIM_MARGIN and min(diffs.values()) >= CLAIM_WORST),
+                 "paired": paired(results, default, best)}
     controls = None
     if default in rows:
         controls = {c: {"mean": rows[c]["mean"], "beaten": bool(rows[default]["mean"] > rows[c]["mean"])}
@@ -64,6 +65,25 @@ def summarize(results: Dict[str, Dict[str, Any]], suite, default: str) -> Dict[s
         out["by_size"] = {k: summarize({c: results[c] for c in combos if _size(c) == k}, suite, default)
                           for k in sizes}
     return out
+
+
+def paired(results: Dict[str, Dict[str, Any]], a: str, b: str) -> Dict[str, Any] | None:
+    """a − b over the same test instructions of every combination's tasks (not the claim's mean over
+    combinations: a triple weighs three tasks here); None when an entry holds no per-instruction
+    results (cached before the harness kept them)."""
+    da, db = [], []
+    for c, r in results.items():
+        for t in c.split("+"):
+            ca, cb = r[a]["test"][t].get("correct"), r[b]["test"][t].get("correct")
+            if not ca or not cb or len(ca) != len(cb):
+                return None
+            da += ca
+            db += cb
+    x, y = np.array(da, dtype=float), np.array(db, dtype=float)
+    d = x - y
+    return {"n": len(d), "diff": float(d.mean()),
+            "stderr": float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else 0.0,
+            "a_only": int(((x == 1) & (y == 0)).sum()), "b_only": int(((x == 0) & (y == 1)).sum())}
 
 
 def _size(combo: str) -> int:
@@ -97,7 +117,9 @@ def _by_size(by: Dict[int, Dict[str, Any]]) -> List[str]:
             lines.append(f"- {n}: {c['default']} vs {c['best_baseline']} (the best baseline on {n}): margin "
                          f"{_points(c['margin'], CLAIM_MARGIN)} points, worst combination "
                          f"{_points(c['worst_combination'], CLAIM_WORST)} points: "
-                         + ("holds" if c["holds"] else "does not hold") + ".")
+                         + ("holds" if c["holds"] else "does not hold")
+                         + (f"; paired over {c['paired']['n']} instructions {c['paired']['diff']:+.3f} ± "
+                            f"{c['paired']['stderr']:.3f}" if c.get("paired") else "") + ".")
     return lines
 
 
@@ -138,6 +160,11 @@ def markdown(data: Dict[str, Any]) -> str:
                       f">= 3 points on the mean and is never > 2 points worse): **{verdict}** — margin "
                       f"{_points(c['margin'], CLAIM_MARGIN)} points, worst combination "
                       f"{_points(c['worst_combination'], CLAIM_WORST)} points."]
+        p = c.get("paired")
+        lines += ["", (f"Paired over the same {p['n']} test instructions: {c['default']} − {c['best_baseline']} = "
+                       f"{p['diff']:+.3f} ± {p['stderr']:.3f} ({c['default']} alone right on {p['a_only']}, "
+                       f"{c['best_baseline']} alone on {p['b_only']})." if p else
+                       "No paired test: some results were cached without their per-instruction answers.")]
     ctl = s.get("controls")
     if ctl and c:
         parts = [f"{k.split(':')[1]} {v['mean']:.3f}" for k, v in ctl.items()]

@@ -41,6 +41,12 @@ def test_rerun_reads_the_cache_and_a_changed_protocol_is_refused(pair_suite, mon
     cache = json.loads((out / "cache.json").read_text())
     assert cache[PROTOCOL]["max_test_probes"] == 4
     assert any(k.startswith("test|a+b|guided:mix|") for k in cache)
+    # each test entry keeps every instruction's answer, which the claim's paired test reads
+    entry = next(v for k, v in cache.items() if k.startswith("test|a+b|guided:mix|"))
+    assert all(len(entry[t]["correct"]) == 4 and set(entry[t]["correct"]) <= {0, 1} for t in ("a", "b"))
+    assert all(abs(sum(entry[t]["correct"]) / 4 - entry[t]["accuracy"]) < 1e-12 for t in ("a", "b"))
+    p = first["summary"]["claim"]["paired"]
+    assert p is not None and p["n"] == 8 and -1 <= p["diff"] <= 1
 
     def no_eval(*a, **k):
         raise AssertionError("a cached candidate was evaluated again")

@@ -138,3 +138,28 @@ def test_pairs_and_triples_get_their_own_means_and_claims():
     assert "- triples: guided:mix vs task_arithmetic (the best baseline on triples): margin -10.0 points" in md
     # one size only: no breakdown
     assert "by_size" not in summarize(results(0.6, 0.6), SUITE, default="guided:mix")
+
+
+def test_paired_difference_over_the_same_instructions():
+    """Per-instruction answers in the cache give a paired test of the default against the best
+    baseline, over every task of every combination; one entry without them turns it off."""
+    res = results(0.5, 0.5)
+    # a+b: mix right on items 0-2 of each task, task arithmetic on items 2-3 (4 items per task)
+    for combo in res:
+        for t in combo.split("+"):
+            res[combo]["guided:mix"]["test"][t]["correct"] = [1, 1, 1, 0]
+            res[combo]["task_arithmetic"]["test"][t]["correct"] = [0, 0, 1, 1]
+    s = summarize(res, SUITE, default="guided:mix")
+    p = s["claim"]["paired"]
+    # 16 items; differences +1 (items 0, 1) and -1 (item 3) per task: mean (2 - 1) / 4 = 0.25
+    assert p["n"] == 16 and abs(p["diff"] - 0.25) < 1e-12 and p["a_only"] == 8 and p["b_only"] == 4
+    import numpy as np
+    d = np.array([1, 1, 0, -1] * 4, dtype=float)
+    assert abs(p["stderr"] - d.std(ddof=1) / 4) < 1e-12
+    md = markdown({"suite": "toy", "protocol": {"candidates": 3}, "summary": s})
+    assert ("Paired over the same 16 test instructions: guided:mix − task_arithmetic = +0.250 ± 0.214 "
+            "(guided:mix alone right on 8, task_arithmetic alone on 4).") in md
+    del res["c+d"]["task_arithmetic"]["test"]["c"]["correct"]
+    s = summarize(res, SUITE, default="guided:mix")
+    assert s["claim"]["paired"] is None
+    assert "No paired test" in markdown({"suite": "toy", "protocol": {"candidates": 3}, "summary": s})
