@@ -1,0 +1,69 @@
+"""Make the comparison's paired test possible on a cache computed before the harness kept each
+test instruction's answer: drop the test entries of two methods (the claim's default and its best
+baseline) that lack them, so the next `--stages compare --redo compare` evaluates just those again
+(dev entries stay, so the same candidates are chosen). With --check, after that run: how the
+re-evaluated accuracies compare with the dropped ones (a different CPU's bfloat16 kernels can change a
+few greedy answers).
+
+    python eval/real_backfill_paired.py --model smollm2              # drop, keeping the old values
+    OMP_NUM_THREADS=1 python -m eval.real.pipeline --model smollm2 --stages compare --redo compare
+    python eval/real_backfill_paired.py --model smollm2 --check      # old vs new, per entry
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+
+def cache_file(model: str, root: str) -> Path:
+    return Path(root).expanduser() / "real" / model / ".work" / "compare" / "run" / "cache.json"
+
+
+def lacks_answers(entry: dict) -> bool:
+    return any(r.get("accuracy") is not None and "correct" not in r for r in entry.values())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--methods", default="guided:mix,dare_ties", help="comma-separated (default: %(default)s)")
+    ap.add_argument("--cache", default=os.environ.get("MECHMERGE_CACHE", "~/.cache/mechmerge"))
+    ap.add_argument("--check", action="store_true", help="compare the re-evaluated entries with the dropped ones")
+    a = ap.parse_args()
+    path = cache_file(a.model, a.cache)
+    kept = path.with_name("backfill-dropped.json")
+    cache = json.loads(path.read_text())
+    if a.check:
+        old = json.loads(kept.read_text())
+        changed = total = 0
+        for key, entry in old.items():
+            new = cache.get(key)
+            if new is None:
+                print(f"{key}: not evaluated again yet")
+                continue
+            for t, r in entry.items():
+                if r.get("accuracy") is None:
+                    continue
+                total += 1
+                d = new[t]["accuracy"] - r["accuracy"]
+                changed += d != 0
+                print(f"{key} {t}: {r['accuracy']:.3f} -> {new[t]['accuracy']:.3f} ({d:+.3f}, n={r['n']})")
+        print(f"{changed} of {total} task accuracies changed")
+        return
+    methods = a.methods.split(",")
+    drop = {k: v for k, v in cache.items() if k.startswith("test|") and k.split("|")[2] in methods and lacks_answers(v)}
+    if not drop:
+        print(f"nothing to drop: every test entry of {', '.join(methods)} keeps its answers")
+        return
+    previous = json.loads(kept.read_text()) if kept.is_file() else {}
+    kept.write_text(json.dumps({**previous, **drop}, indent=0, sort_keys=True))
+    # the harness merges other processes' entries into its file: run this with no compare running
+    path.write_text(json.dumps({k: v for k, v in cache.items() if k not in drop}, indent=0, sort_keys=True))
+    print(f"dropped {len(drop)} test entries of {', '.join(methods)} from {path} (old values in {kept})")
+
+
+if __name__ == "__main__":
+    main()
