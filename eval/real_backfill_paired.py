@@ -8,6 +8,9 @@ few greedy answers).
     python eval/real_backfill_paired.py --model smollm2              # drop, keeping the old values
     OMP_NUM_THREADS=1 python -m eval.real.pipeline --model smollm2 --stages compare --redo compare
     python eval/real_backfill_paired.py --model smollm2 --check      # old vs new, per entry
+
+`--again KEY` drops one entry whatever it holds: evaluated again on the same machine, it tells a
+machine's own run-to-run variation from the CPU's (--check prints both the same way).
 """
 
 from __future__ import annotations
@@ -31,13 +34,16 @@ def main() -> None:
     ap.add_argument("--model", required=True)
     ap.add_argument("--methods", default="guided:mix,dare_ties", help="comma-separated (default: %(default)s)")
     ap.add_argument("--cache", default=os.environ.get("MECHMERGE_CACHE", "~/.cache/mechmerge"))
+    ap.add_argument("--again", metavar="KEY", help="drop this one cache entry, answers or not")
+    ap.add_argument("--against", metavar="FILE", help="with --check: the dropped values to compare with "
+                    "(default: the last ones this script dropped, beside the cache)")
     ap.add_argument("--check", action="store_true", help="compare the re-evaluated entries with the dropped ones")
     a = ap.parse_args()
     path = cache_file(a.model, a.cache)
     kept = path.with_name("backfill-dropped.json")
     cache = json.loads(path.read_text())
     if a.check:
-        old = json.loads(kept.read_text())
+        old = json.loads(Path(a.against or kept).read_text())
         changed = total = 0
         for key, entry in old.items():
             new = cache.get(key)
@@ -54,15 +60,23 @@ def main() -> None:
         print(f"{changed} of {total} task accuracies changed")
         return
     methods = a.methods.split(",")
-    drop = {k: v for k, v in cache.items() if k.startswith("test|") and k.split("|")[2] in methods and lacks_answers(v)}
+    if a.again:
+        if a.again not in cache:
+            raise SystemExit(f"{a.again!r} is not in {path}")
+        drop = {a.again: cache[a.again]}
+    else:
+        drop = {k: v for k, v in cache.items()
+                if k.startswith("test|") and k.split("|")[2] in methods and lacks_answers(v)}
     if not drop:
         print(f"nothing to drop: every test entry of {', '.join(methods)} keeps its answers")
         return
+    # --check compares with the values dropped last (an entry dropped twice: its second values)
     previous = json.loads(kept.read_text()) if kept.is_file() else {}
     kept.write_text(json.dumps({**previous, **drop}, indent=0, sort_keys=True))
     # the harness merges other processes' entries into its file: run this with no compare running
     path.write_text(json.dumps({k: v for k, v in cache.items() if k not in drop}, indent=0, sort_keys=True))
-    print(f"dropped {len(drop)} test entries of {', '.join(methods)} from {path} (old values in {kept})")
+    what = a.again if a.again else f"{len(drop)} test entries of {', '.join(methods)}"
+    print(f"dropped {what} from {path} (old values in {kept})")
 
 
 if __name__ == "__main__":

@@ -35,3 +35,7 @@ def test_drop_then_check(tmp_path):
     out = run("--model", "m", "--cache", str(tmp_path), "--check")
     assert "test|a+b|dare_ties|d=1 a: 0.500 -> 0.250 (-0.250, n=4)" in out and "1 of 2 task accuracies changed" in out
     assert "nothing to drop" in run("--model", "m", "--cache", str(tmp_path))
+    # --again drops one entry even with its answers, for a same-machine repeat
+    assert "dropped test|a+c|guided:mix|s=1 from" in run("--model", "m", "--cache", str(tmp_path), "--again",
+                                                         "test|a+c|guided:mix|s=1")
+    assert "test|a+c|guided:mix|s=1" not in json.loads(path.read_text())
