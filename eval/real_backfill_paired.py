@@ -17,8 +17,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
+import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from eval.real.runner import cache_root  # noqa: E402
+from mechmerge.evaluate.cache import drop_entries  # noqa: E402
+from mechmerge.io import atomic_write_text  # noqa: E402
 
 
 def cache_file(model: str, root: str) -> Path:
@@ -33,7 +39,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", required=True)
     ap.add_argument("--methods", default="guided:mix,dare_ties", help="comma-separated (default: %(default)s)")
-    ap.add_argument("--cache", default=os.environ.get("MECHMERGE_CACHE", "~/.cache/mechmerge"))
+    ap.add_argument("--cache", default=str(cache_root().parent),
+                    help="the folder holding real/ (default: $MECHMERGE_CACHE or ~/.cache/mechmerge)")
     ap.add_argument("--again", metavar="KEY", help="drop this one cache entry, answers or not")
     ap.add_argument("--against", metavar="FILE", help="with --check: the dropped values to compare with "
                     "(default: the last ones this script dropped, beside the cache)")
@@ -70,11 +77,11 @@ def main() -> None:
     if not drop:
         print(f"nothing to drop: every test entry of {', '.join(methods)} keeps its answers")
         return
-    # --check compares with the values dropped last (an entry dropped twice: its second values)
+    # the old values first, so that a kill in between loses none; --check compares with the values
+    # dropped last (an entry dropped twice: its second values)
     previous = json.loads(kept.read_text()) if kept.is_file() else {}
-    kept.write_text(json.dumps({**previous, **drop}, indent=0, sort_keys=True))
-    # the harness merges other processes' entries into its file: run this with no compare running
-    path.write_text(json.dumps({k: v for k, v in cache.items() if k not in drop}, indent=0, sort_keys=True))
+    atomic_write_text(kept, json.dumps({**previous, **drop}, indent=0, sort_keys=True))
+    drop_entries(path, lambda k, v: k not in drop)
     what = a.again if a.again else f"{len(drop)} test entries of {', '.join(methods)}"
     print(f"dropped {what} from {path} (old values in {kept})")
 

@@ -12,8 +12,9 @@ from __future__ import annotations
 import fcntl
 import json
 import sys
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Callable, Dict, Iterator, List
 
 from .. import __version__
 from ..errors import UserError
@@ -85,16 +86,40 @@ def load_cache(path: Path, protocol: Dict[str, Any]) -> Dict[str, Any]:
     return cache
 
 
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Hold the cache file's lock: every writer read-modify-writes under it."""
+    with open(path.with_suffix(".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def _write(path: Path, cache: Dict[str, Any]) -> None:
+    atomic_write_text(path, json.dumps(cache, indent=0, sort_keys=True))
+
+
 def save_cache(path: Path, cache: Dict[str, Any]) -> Dict[str, Any]:
     """Write `cache` merged with what other processes on the same folder wrote since it was
     read (under a lock: read, add this process's entries, replace); returns the merged cache."""
-    with open(path.with_suffix(".lock"), "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with _locked(path):
         if path.exists():
             theirs = json.loads(path.read_text())
             if not compatible(theirs.get(PROTOCOL, cache[PROTOCOL]), cache[PROTOCOL]):
                 raise UserError(f"{path} was rewritten under another protocol by another run; "
                                 "give each protocol its own --out")
             cache = {**theirs, **cache}
-        atomic_write_text(path, json.dumps(cache, indent=0, sort_keys=True))
+        _write(path, cache)
     return cache
+
+
+def drop_entries(path: Path, keep: Callable[[str, Any], bool]) -> Dict[str, Any]:
+    """Remove the entries `keep(key, entry)` rejects, so the next run computes them again; returns
+    them. Under the same lock and atomic replace as `save_cache` (a kill never leaves half a file),
+    but a harness running meanwhile still holds them in memory and writes them back: drop with
+    none running."""
+    with _locked(path):
+        cache = json.loads(path.read_text())
+        dropped = {k: v for k, v in cache.items() if not keep(k, v)}
+        if dropped:
+            _write(path, {k: v for k, v in cache.items() if k not in dropped})
+    return dropped
